@@ -1,0 +1,67 @@
+"""avatar_im: a synchronous Python client for cloud avatar IM WebSocket sessions.
+
+The public surface is re-exported here; see :class:`AvatarIM`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .backoff import ReconnectPolicy
+from .client import AvatarIM, ClientStats
+from .connection import ConnectionState
+from .exceptions import (
+    AckError,
+    AckTimeout,
+    AuthenticationError,
+    AvatarIMError,
+    ClientClosedError,
+    ConnectionFailedError,
+    DeliveryError,
+    HandshakeError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    OutboxFullError,
+    ProtocolError,
+    ReceiveTimeout,
+    ServerClosedError,
+    SessionError,
+    SessionNotStartedError,
+    SessionReadyTimeout,
+    SessionStartError,
+)
+from .options import SessionOptions
+from .protocol import SessionState
+from .urls import DEFAULT_URL
+
+__all__ = [
+    "DEFAULT_URL",
+    "AckError",
+    "AckTimeout",
+    "AuthenticationError",
+    "AvatarIM",
+    "AvatarIMError",
+    "ClientClosedError",
+    "ClientStats",
+    "ConnectionFailedError",
+    "ConnectionState",
+    "DeliveryError",
+    "HandshakeError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "OutboxFullError",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "ReconnectPolicy",
+    "ServerClosedError",
+    "SessionError",
+    "SessionNotStartedError",
+    "SessionOptions",
+    "SessionReadyTimeout",
+    "SessionStartError",
+    "SessionState",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,601 @@
+"""The public client: :class:`AvatarIM`.
+
+A synchronous facade over :class:`~avatar_im.connection.Connection` and
+:class:`~avatar_im.protocol.ClientProtocol`: it validates arguments at the
+call site, returns message ids, waits with timeouts, calls the application's
+callbacks (on the reader thread, never under a lock) and feeds the blocking
+pull API.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+
+from .backoff import ReconnectPolicy
+from .connection import Connection, ConnectionState
+from .exceptions import (
+    AckError,
+    AckTimeout,
+    AvatarIMError,
+    ClientClosedError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    OutboxFullError,
+    ReceiveTimeout,
+    SessionNotStartedError,
+    SessionReadyTimeout,
+    SessionStartError,
+)
+from .ids import MessageIdFactory
+from .options import SessionOptions, refresh_fields
+from .protocol import (
+    Accepted,
+    Acked,
+    ClientProtocol,
+    Event,
+    EventReceived,
+    GarbageReceived,
+    MessageReceived,
+    SessionReady,
+    SessionStartFailed,
+    SessionState,
+)
+from .urls import DEFAULT_URL, build_url, redact_url
+
+__all__ = ["AvatarIM", "ClientStats"]
+
+logger = logging.getLogger(__name__)
+
+T_id = TypeVar("T_id")
+
+MessageCallback = Callable[[dict[str, Any]], object]
+AckErrorCallback = Callable[[AckError], object]
+StateCallback = Callable[[ConnectionState], object]
+
+
+@attrs.frozen
+class ClientStats:
+    """A snapshot of the client's counters."""
+
+    state: ConnectionState
+    reconnects: int
+    outbox: int
+    messages_sent: int
+    messages_resent: int
+    acks_received: int
+    frames_received: int
+    garbage_frames: int
+    duplicates_dropped: int
+    pings_sent: int
+    inbound_dropped: int
+
+
+def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentTypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value and not empty_ok:
+        raise InvalidArgumentError(f"{name} must not be empty")
+    return value
+
+
+def _require_timeout(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"{name} must be a number or None, got {type(value).__name__}"
+        )
+    if value < 0:
+        raise InvalidArgumentError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _require_callable(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise InvalidArgumentTypeError(f"{name} must be callable or None")
+
+
+class AvatarIM:
+    """A client for one avatar session over the IM WebSocket channel.
+
+    Creating it connects in the background, like the original SDK; sends made
+    before the connection (or the session) is ready are queued, in order::
+
+        with AvatarIM(token=..., app_id=..., tenant_id=..., session_id=...,
+                      url="ws://127.0.0.1:8765/ws") as client:
+            client.start_session(format="pcm", sample_rate=16000)
+            client.wait_session_ready(timeout=5)
+            client.send_text("hello")
+            print(client.receive(timeout=5))
+
+    Thread-safe: any number of threads may call the send methods at once.
+    Callbacks run on the client's reader thread; keep them short.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        app_id: str,
+        tenant_id: str,
+        session_id: str,
+        url: str = DEFAULT_URL,
+        on_message: MessageCallback | None = None,
+        on_event: MessageCallback | None = None,
+        on_ack_error: AckErrorCallback | None = None,
+        on_state: StateCallback | None = None,
+        heartbeat_interval: float | None = 20.0,
+        connect_timeout: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+        require_acks: bool = True,
+        max_outbox: int = 10_000,
+        send_timeout: float | None = None,
+        receive_buffer: int = 1024,
+        auto_connect: bool = True,
+        id_factory: MessageIdFactory | None = None,
+    ) -> None:
+        for name, value in (("token", token), ("app_id", app_id), ("tenant_id", tenant_id)):
+            _require_str(name, value)
+        _require_str("session_id", session_id)
+        _require_str("url", url)
+        for name, cb in (
+            ("on_message", on_message),
+            ("on_event", on_event),
+            ("on_ack_error", on_ack_error),
+            ("on_state", on_state),
+        ):
+            _require_callable(name, cb)
+        heartbeat_interval = _require_timeout("heartbeat_interval", heartbeat_interval)
+        if heartbeat_interval == 0:
+            raise InvalidArgumentError("heartbeat_interval must be > 0, or None to turn it off")
+        connect_timeout_s = _require_timeout("connect_timeout", connect_timeout)
+        if not connect_timeout_s:
+            raise InvalidArgumentError("connect_timeout must be > 0")
+        if reconnect is not None and not isinstance(reconnect, ReconnectPolicy):
+            raise InvalidArgumentTypeError("reconnect must be a ReconnectPolicy or None")
+        for name, number in (("max_outbox", max_outbox), ("receive_buffer", receive_buffer)):
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise InvalidArgumentTypeError(f"{name} must be an int")
+            if number < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {number}")
+        self._send_timeout = _require_timeout("send_timeout", send_timeout)
+
+        self.app_id = app_id
+        self.tenant_id = tenant_id
+        self.session_id = session_id
+        self._url = build_url(url, token=token, app_id=app_id, tenant_id=tenant_id)
+        self._token = token
+        self.on_message = on_message
+        self.on_event = on_event
+        self.on_ack_error = on_ack_error
+        self.on_state = on_state
+
+        #: Set while the session is ready (``startResult`` received), like the original's
+        #: ``sessionReady``; cleared by :meth:`start_session` and :meth:`stop_session`.
+        self.session_ready = threading.Event()
+        self.start_result: dict[str, Any] | None = None
+
+        # The pull API's buffers; _inbox_lock guards both deques and _inbound_dropped.
+        # Bounded: when full the oldest entry goes, counted and logged.
+        self._inbox_lock = threading.Condition()
+        self._messages: collections.deque[dict[str, Any]] = collections.deque()
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._receive_buffer = receive_buffer
+        self._inbound_dropped = 0
+
+        protocol = ClientProtocol(
+            app_id=app_id,
+            session_id=session_id,
+            heartbeat_interval=heartbeat_interval,
+            require_acks=require_acks,
+            max_outbox=max_outbox,
+            id_factory=id_factory,
+        )
+        self._connection = Connection(
+            protocol,
+            url=self._url,
+            policy=reconnect if reconnect is not None else ReconnectPolicy(),
+            connect_timeout=connect_timeout_s,
+            on_events=self._handle_events,
+            on_state=self._handle_state,
+        )
+        self._opened = False
+        if auto_connect:
+            self.connect()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AvatarIM url={redact_url(self._url)!r} session_id={self.session_id!r} "
+            f"state={self.state.value}>"
+        )
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Connect (again, after :meth:`close`); with *timeout*, wait until open or raise.
+
+        A no-op on a client that is already connecting or open.
+        """
+        timeout = _require_timeout("timeout", timeout)
+        connection = self._connection
+        if connection.state is ConnectionState.CLOSED:
+            with connection.lock:
+                protocol = connection.protocol
+                protocol.closed = False
+                protocol.session_state = SessionState.IDLE
+            self.session_ready.clear()
+            connection.start()
+            self._opened = True
+        if timeout is not None:
+            self.wait_connected(timeout)
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the connection is open; raise why it cannot be, or a timeout."""
+        timeout = _require_timeout("timeout", timeout)
+        connection = self._connection
+        connection.wait_for(lambda p: p.connected, timeout)
+        with connection.lock:
+            if connection.protocol.connected:
+                return
+        self._raise_if_closed()
+        raise SessionReadyTimeout(f"not connected after {timeout}s")
+
+    def close(self) -> None:
+        """Close the connection; returns within about a second and leaves no thread running.
+
+        Messages still waiting for an ack are discarded (call :meth:`flush`
+        first to wait for them).  Later calls raise :class:`ClientClosedError`.
+        """
+        pending = self._connection.locked(lambda p: p.outbox_size)
+        if pending and not self._connection.failure:
+            logger.warning("closing with %d unacknowledged message(s)", pending)
+        self._connection.close()
+        self.session_ready.clear()
+        with self._inbox_lock:
+            self._inbox_lock.notify_all()
+
+    def __enter__(self) -> AvatarIM:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's state: connecting, open, reconnecting or closed."""
+        return self._connection.state
+
+    @property
+    def session_state(self) -> SessionState:
+        """The session's state: idle, starting, ready, stopped or failed."""
+        return self._connection.protocol.session_state
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called or the connection failed for good."""
+        return self._connection.state is ConnectionState.CLOSED
+
+    @property
+    def url(self) -> str:
+        """The connection URL with the token redacted."""
+        return redact_url(self._url)
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of the counters."""
+        connection = self._connection
+        with connection.lock:
+            c = connection.protocol.counters
+            return ClientStats(
+                state=connection.state,
+                reconnects=connection.reconnects,
+                outbox=connection.protocol.outbox_size,
+                messages_sent=c.messages_sent,
+                messages_resent=c.messages_resent,
+                acks_received=c.acks_received,
+                frames_received=c.frames_received,
+                garbage_frames=c.garbage_frames,
+                duplicates_dropped=c.duplicates_dropped,
+                pings_sent=c.pings_sent,
+                inbound_dropped=self._inbound_dropped,
+            )
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The client's live threads (for tests and diagnostics)."""
+        reader = self._connection.reader
+        return [reader] if reader is not None and reader.is_alive() else []
+
+    # --------------------------------------------------------------- session
+
+    def start_session(self, **options: Any) -> str:
+        """Start the avatar session; returns the ``start`` message's id.
+
+        Options (validated; the original's defaults): ``dialog_mode``
+        (``"aliYunChat"``/``"open"``), ``duplex_mode`` (``"cloud"``/``"client"``/
+        ``"blend"``), ``output_mode`` (``"video"``/``"audio"``), ``video_open``,
+        ``format`` (``"pcm"``/``"wav"``), ``sample_rate`` (16000).
+        """
+        session_options = SessionOptions.from_kwargs(options)
+        self.session_ready.clear()
+        self.start_result = None
+        return self._submit(lambda p, now_ms: p.start_session(session_options, now_ms))
+
+    def wait_session_ready(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for ``startResult`` and return its envelope.
+
+        Raises :class:`SessionReadyTimeout` after *timeout* seconds,
+        :class:`SessionStartError` if the server refused the start, and
+        :class:`SessionNotStartedError` if no session is starting.
+        """
+        timeout = _require_timeout("timeout", timeout)
+        connection = self._connection
+        connection.wait_for(lambda p: p.session_state is not SessionState.STARTING, timeout)
+        with connection.lock:
+            state = connection.protocol.session_state
+            error = connection.protocol.start_error
+        if state is SessionState.READY:
+            # The reader sets the event just after the state; wait for it (bounded).
+            self.session_ready.wait(1.0)
+            assert self.start_result is not None or not self.session_ready.is_set()
+            return self.start_result or {}
+        if state is SessionState.FAILED:
+            raise SessionStartError(
+                f"the server refused to start the session: {error!r}", error=error
+            )
+        self._raise_if_closed()
+        if state is SessionState.STARTING:
+            raise SessionReadyTimeout(f"no startResult within {timeout}s")
+        raise SessionNotStartedError(f"no session is starting (state: {state.value})")
+
+    def stop_session(self) -> str:
+        """Stop the session; returns the ``stop`` message's id.  Later data sends raise."""
+        self.session_ready.clear()
+        return self._submit(lambda p, now_ms: p.stop_session(now_ms))
+
+    def refresh_context(self, **options: Any) -> str:
+        """Send ``refreshContext`` with the given (validated) session options."""
+        fields = refresh_fields(options)
+        content = {"type": "refreshContext", "sessionId": self.session_id, **fields}
+        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+
+    # ----------------------------------------------------------------- sends
+
+    def send_text(self, text: str) -> str:
+        """Send *text* to the avatar; returns the message id."""
+        _require_str("text", text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
+        content = {"type": "dataSend", "sessionId": self.session_id, "text": text}
+        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+
+    def send_audio(self, data: bytes | None = None, *, base64: str | None = None) -> str:
+        """Send one audio chunk: raw PCM *data*, or a *base64* string; returns the message id.
+
+        16-bit PCM must have an even number of bytes.
+        """
+        audio = self._audio_base64(data, base64)
+        content = {"type": "dataSend", "sessionId": self.session_id, "audio": audio}
+        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+
+    def send_message(self, content: Any) -> str:
+        """Send *content* wrapped in the business envelope; returns the message id."""
+        if content is None:
+            raise InvalidArgumentError("content must not be None")
+        return self._submit(lambda p, now_ms: p.send_message(content, now_ms))
+
+    def send(self, frame: str) -> str | None:
+        """Send a raw frame string as it is; returns its ``messageId`` if it is a ``5`` frame."""
+        _require_str("frame", frame)
+        return self._submit(lambda p, now_ms: p.send_raw(frame))
+
+    def _audio_base64(self, data: object, encoded: object) -> str:
+        if (data is None) == (encoded is None):
+            raise InvalidArgumentError("pass exactly one of data (bytes) or base64 (str)")
+        if encoded is not None:
+            _require_str("base64", encoded)
+            assert isinstance(encoded, str)
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgumentError("base64 is not a valid base64 string") from None
+            self._check_pcm(raw)
+            return encoded
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentTypeError(f"audio data must be bytes, got {type(data).__name__}")
+        raw = bytes(data)
+        self._check_pcm(raw)
+        return base64_encode(raw)
+
+    def _check_pcm(self, raw: bytes) -> None:
+        if not raw:
+            raise InvalidArgumentError("audio must not be empty")
+        options = self._connection.protocol.session_options
+        if (options is None or options.format == "pcm") and len(raw) % 2:
+            raise InvalidArgumentError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
+
+    def _submit(self, command: Callable[[ClientProtocol, int], T_id]) -> T_id:
+        """Run a send *command* on the protocol, waiting for outbox room if configured."""
+        connection = self._connection
+        with connection.lock:
+            self._raise_if_closed_locked()
+            protocol = connection.protocol
+            if not protocol.has_room():
+                timeout = self._send_timeout
+                if not timeout:
+                    raise OutboxFullError(
+                        f"the outbox holds {protocol.max_outbox} unacknowledged messages"
+                    )
+                connection.lock.wait_for(lambda: protocol.has_room() or protocol.closed, timeout)
+                self._raise_if_closed_locked()
+            message_id = command(protocol, time.time_ns() // 1_000_000)
+        connection.flush()
+        return message_id
+
+    def _raise_if_closed(self) -> None:
+        with self._connection.lock:
+            self._raise_if_closed_locked()
+
+    def _raise_if_closed_locked(self) -> None:
+        connection = self._connection
+        if connection.protocol.closed or connection.state is ConnectionState.CLOSED:
+            if connection.failure is not None:
+                raise connection.failure
+            if not self._opened:
+                raise ClientClosedError("the client is not connected: call connect() first")
+            raise ClientClosedError("the client is closed")
+
+    # -------------------------------------------------------------- delivery
+
+    def wait_ack(self, message_id: str, timeout: float | None = None) -> None:
+        """Wait until the server acknowledged *message_id*.
+
+        Raises :class:`AckError` if the server refused it and :class:`AckTimeout`
+        if no ack came within *timeout* seconds.
+        """
+        _require_str("message_id", message_id)
+        timeout = _require_timeout("timeout", timeout)
+        connection = self._connection
+        done = connection.wait_for(lambda p: not p.is_pending(message_id), timeout)
+        with connection.lock:
+            error = connection.protocol.refusal(message_id)
+            pending = connection.protocol.is_pending(message_id)
+        if error is not None:
+            raise AckError(
+                f"the server refused {message_id}: {error!r}", message_id=message_id, error=error
+            )
+        if done or not pending:
+            return
+        self._raise_if_closed()
+        raise AckTimeout(f"no ack for {message_id} within {timeout}s")
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message sent so far is acknowledged (or refused)."""
+        timeout = _require_timeout("timeout", timeout)
+        connection = self._connection
+        if connection.wait_for(lambda p: p.outbox_size == 0, timeout):
+            return
+        self._raise_if_closed()
+        left = connection.locked(lambda p: p.outbox_size)
+        raise AckTimeout(f"{left} message(s) still unacknowledged after {timeout}s")
+
+    # --------------------------------------------------------------- inbound
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any]:
+        """Return the next business message from the server (its envelope), waiting if needed.
+
+        Raises :class:`ReceiveTimeout` after *timeout* seconds and
+        :class:`ClientClosedError` once the client is closed and nothing is left.
+        """
+        return self._pull(self._messages, timeout)
+
+    def receive_event(self, timeout: float | None = None) -> dict[str, Any]:
+        """Return the next event (packet ``7``) from the server, waiting if needed."""
+        return self._pull(self._events, timeout)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield business messages as they arrive, until the client is closed."""
+        while True:
+            try:
+                yield self.receive()
+            except ClientClosedError:
+                return
+            except AvatarIMError:
+                return
+
+    def _pull(
+        self, buffer: collections.deque[dict[str, Any]], timeout: float | None
+    ) -> dict[str, Any]:
+        timeout = _require_timeout("timeout", timeout)
+        with self._inbox_lock:
+            if not self._inbox_lock.wait_for(lambda: buffer or self.closed, timeout):
+                raise ReceiveTimeout(f"nothing received within {timeout}s")
+            if buffer:
+                return buffer.popleft()
+        self._raise_if_closed()
+        raise ClientClosedError("the client is closed")  # pragma: no cover - closed above
+
+    def _buffer(self, buffer: collections.deque[dict[str, Any]], item: dict[str, Any]) -> None:
+        with self._inbox_lock:
+            if len(buffer) >= self._receive_buffer:
+                buffer.popleft()
+                self._inbound_dropped += 1
+                if self._inbound_dropped == 1 or self._inbound_dropped % 1000 == 0:
+                    logger.warning(
+                        "receive buffer full (%d): dropped the oldest (%d so far); "
+                        "call receive() or raise receive_buffer",
+                        self._receive_buffer,
+                        self._inbound_dropped,
+                    )
+            buffer.append(item)
+            self._inbox_lock.notify_all()
+
+    # ----------------------------------------------------------- the reader
+
+    def _handle_events(self, events: list[Event]) -> None:
+        """Called on the reader thread, no lock held: feed buffers, call callbacks."""
+        for event in events:
+            if isinstance(event, MessageReceived):
+                self._buffer(self._messages, event.message)
+                self._callback(self.on_message, event.message)
+            elif isinstance(event, SessionReady):
+                self.start_result = event.message
+                self.session_ready.set()
+            elif isinstance(event, Acked):
+                if event.error is not None:
+                    error = AckError(
+                        f"the server refused {event.message_id}: {event.error!r}",
+                        message_id=event.message_id,
+                        error=event.error,
+                    )
+                    if self.on_ack_error is not None:
+                        self._callback(self.on_ack_error, error)
+                    else:
+                        logger.warning("%s", error)
+            elif isinstance(event, EventReceived):
+                self._buffer(self._events, event.event)
+                self._callback(self.on_event, event.event)
+            elif isinstance(event, GarbageReceived):
+                logger.warning("dropped a bad frame (%d chars): %s", event.size, event.error)
+            elif isinstance(event, SessionStartFailed):
+                logger.warning("the server refused the session start: %r", event.error)
+            elif isinstance(event, Accepted):
+                logger.debug("connection accepted")
+
+    def _handle_state(self, state: ConnectionState) -> None:
+        logger.debug("state: %s", state.value)
+        if state is ConnectionState.CLOSED:
+            with self._inbox_lock:
+                self._inbox_lock.notify_all()
+        self._callback(self.on_state, state)
+
+    @staticmethod
+    def _callback(callback: Callable[[Any], object] | None, argument: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(argument)
+        except Exception:
+            logger.exception("callback %r raised; the client goes on", callback)
+
+
+def base64_encode(raw: bytes) -> str:
+    """Return the standard base64 text of *raw*."""
+    return base64.b64encode(raw).decode("ascii")

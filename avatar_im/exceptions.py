@@ -1,0 +1,147 @@
+"""The exception hierarchy of ``avatar_im``.
+
+Every error this library raises on purpose derives from :class:`AvatarIMError`.
+Where an error resembles a builtin, it also inherits that builtin, so callers
+may catch either (``except TimeoutError`` still works)::
+
+    AvatarIMError
+    ├── InvalidArgumentError (ValueError)    bad input at the call site
+    │   └── InvalidArgumentTypeError (TypeError)
+    ├── ProtocolError (ValueError)           a frame that breaks the wire protocol
+    ├── ClientClosedError                    the client was closed (by you or for good)
+    ├── ConnectionFailedError                the connection could not be (re)made
+    │   ├── AuthenticationError              HTTP 401/403 at the handshake
+    │   ├── HandshakeError                   any other refused handshake
+    │   └── ServerClosedError                the server sent ``2`` with a final reason
+    ├── SessionError
+    │   ├── SessionNotStartedError           a session call before start / after stop
+    │   ├── SessionStartError                the server refused ``start``
+    │   └── SessionReadyTimeout (TimeoutError)
+    ├── DeliveryError
+    │   ├── AckError                         the server acked a message with ``error``
+    │   └── AckTimeout (TimeoutError)
+    ├── OutboxFullError                      the outbox stayed full past the timeout
+    └── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
+
+This module must never import anything but the standard library.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AckError",
+    "AckTimeout",
+    "AuthenticationError",
+    "AvatarIMError",
+    "ClientClosedError",
+    "ConnectionFailedError",
+    "DeliveryError",
+    "HandshakeError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "OutboxFullError",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "ServerClosedError",
+    "SessionError",
+    "SessionNotStartedError",
+    "SessionReadyTimeout",
+    "SessionStartError",
+]
+
+
+class AvatarIMError(Exception):
+    """Root of every error raised by ``avatar_im``."""
+
+
+class InvalidArgumentError(AvatarIMError, ValueError):
+    """An argument has an unacceptable value (empty token, unknown option, bad base64...)."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type."""
+
+
+class ProtocolError(AvatarIMError, ValueError):
+    """A frame does not follow the wire protocol (bad digit, bad JSON, wrong shape)."""
+
+
+class ClientClosedError(AvatarIMError):
+    """The client is closed; ``__cause__`` or :attr:`reason` says why when it was not you."""
+
+    def __init__(self, message: str, *, reason: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConnectionFailedError(AvatarIMError):
+    """The WebSocket connection could not be made or was ended for good."""
+
+
+class AuthenticationError(ConnectionFailedError):
+    """The server refused the credentials at the handshake (HTTP 401 or 403)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HandshakeError(ConnectionFailedError):
+    """The server refused the WebSocket handshake for another reason."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerClosedError(ConnectionFailedError):
+    """The server ended the connection for good with packet ``2`` and :attr:`reason`."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SessionError(AvatarIMError):
+    """A session-level failure."""
+
+
+class SessionNotStartedError(SessionError):
+    """A session call was made before ``start_session`` or after ``stop_session``."""
+
+
+class SessionStartError(SessionError):
+    """The server refused to start the session; :attr:`error` is what it said."""
+
+    def __init__(self, message: str, *, error: object) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class SessionReadyTimeout(SessionError, TimeoutError):
+    """``startResult`` did not arrive in time."""
+
+
+class DeliveryError(AvatarIMError):
+    """A message was not confirmed as delivered."""
+
+
+class AckError(DeliveryError):
+    """The server acknowledged :attr:`message_id` with an error."""
+
+    def __init__(self, message: str, *, message_id: str, error: object) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.error = error
+
+
+class AckTimeout(DeliveryError, TimeoutError):
+    """No acknowledgement arrived in time."""
+
+
+class OutboxFullError(AvatarIMError):
+    """The outbox of unacknowledged messages stayed full until the send timeout."""
+
+
+class ReceiveTimeout(AvatarIMError, TimeoutError):
+    """The pull API waited its timeout and nothing arrived."""

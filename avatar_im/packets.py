@@ -1,0 +1,163 @@
+"""Frames of the avatar IM wire protocol: packet types, parsing and serialising.
+
+A frame is a WebSocket *text* frame: one ASCII digit (the packet type) and an
+optional JSON body.  This module turns frames into :class:`Packet` values and
+back, builds the business envelope (packet ``5``) and the session messages
+that travel inside it.  JSON is written exactly as the original SDK's
+``JSON.stringify`` writes it: no spaces, non-ASCII characters unescaped, keys
+in the documented order.
+
+Pure: no threads, no sockets, no clock.  Everything that can go wrong with
+received bytes is raised as :class:`~avatar_im.exceptions.ProtocolError`
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .exceptions import ProtocolError
+
+__all__ = [
+    "DISCONNECT_FINAL",
+    "DISCONNECT_RECONNECT",
+    "Packet",
+    "PacketType",
+    "decode_frame",
+    "dumps",
+    "encode_envelope",
+    "encode_frame",
+    "envelope",
+]
+
+#: Envelope fields the original adds to every business message.
+RECEIVER_ID = "ability"
+RECEIVER_TYPE = "server"
+
+#: ``2`` reasons after which the client reconnects.
+DISCONNECT_RECONNECT = frozenset({"HEARTBEAT_TIMEOUT", "SERVER_CONNECTION_CLOSED", "UNIT_SWITCH"})
+#: ``2`` reasons after which the client closes for good.
+DISCONNECT_FINAL = frozenset({"CONNECTION_KICK_OUT", "CONNECTION_TIMEOUT"})
+
+
+class PacketType(enum.IntEnum):
+    """The packet type: the first character of every frame."""
+
+    ACCEPTED = 1  #: server -> client, no body: connection accepted
+    DISCONNECT = 2  #: server -> client, ``{"reason": R}``
+    PING = 3  #: client -> server, no body: heartbeat
+    PONG = 4  #: server -> client, no body: heartbeat answer
+    MESSAGE = 5  #: both ways: the business envelope
+    ACK = 6  #: server -> client, ``{"messageId": ..., "error"?: ...}``
+    EVENT = 7  #: server -> client, any JSON object
+
+
+# Which packet types carry a JSON object body; the others carry none.
+_WITH_BODY = frozenset(
+    {PacketType.DISCONNECT, PacketType.MESSAGE, PacketType.ACK, PacketType.EVENT}
+)
+_BY_DIGIT = {str(int(t)): t for t in PacketType}
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
+def dumps(value: Any) -> str:
+    """Serialise *value* the way ``JSON.stringify`` does (compact, UTF-8 text)."""
+    return _encoder.encode(value)
+
+
+@attrs.frozen
+class Packet:
+    """One decoded frame: its type and, for types 2, 5, 6 and 7, its JSON object body."""
+
+    type: PacketType
+    body: dict[str, Any] | None = None
+
+    def encode(self) -> str:
+        """Return the frame text: the digit, then the compact JSON body if any."""
+        return encode_frame(self.type, self.body)
+
+    @property
+    def message_id(self) -> str | None:
+        """The ``messageId`` of a ``5`` or ``6`` packet, else ``None``."""
+        if self.body is None:
+            return None
+        value = self.body.get("messageId")
+        return value if isinstance(value, str) else None
+
+
+def encode_frame(packet_type: PacketType | int, body: Mapping[str, Any] | None = None) -> str:
+    """Return the text of a frame of *packet_type* with an optional JSON *body*."""
+    digit = str(int(PacketType(packet_type)))
+    return digit if body is None else digit + dumps(body)
+
+
+def decode_frame(data: str | bytes | bytearray | memoryview) -> Packet:
+    """Parse one received frame into a :class:`Packet`.
+
+    Raises :class:`ProtocolError` for anything that is not a valid frame:
+    binary data, an empty frame, a first character that is not a packet type,
+    a body that is not valid JSON, or a body of the wrong shape for its type.
+    """
+    if not isinstance(data, str):
+        raise ProtocolError("binary frame: the protocol uses text frames only")
+    if not data:
+        raise ProtocolError("empty frame")
+    packet_type = _BY_DIGIT.get(data[0])
+    if packet_type is None:
+        raise ProtocolError(f"unknown packet type {data[:1]!r}")
+    text = data[1:]
+    if packet_type not in _WITH_BODY:
+        if text.strip():
+            # Tolerate a body on bodiless packets only if it is a JSON object.
+            _parse_object(text, packet_type)
+        return Packet(packet_type)
+    body = _parse_object(text, packet_type)
+    _check_shape(packet_type, body)
+    return Packet(packet_type, body)
+
+
+def _parse_object(text: str, packet_type: PacketType) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"packet {int(packet_type)}: body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(f"packet {int(packet_type)}: body is not a JSON object")
+    return body
+
+
+def _check_shape(packet_type: PacketType, body: dict[str, Any]) -> None:
+    if packet_type is PacketType.DISCONNECT:
+        if not isinstance(body.get("reason"), str):
+            raise ProtocolError("packet 2: 'reason' must be a string")
+    elif packet_type is PacketType.MESSAGE:
+        message_id = body.get("messageId")
+        if not isinstance(message_id, str) or not message_id:
+            raise ProtocolError("packet 5: 'messageId' must be a non-empty string")
+        if "content" in body and not isinstance(body["content"], dict):
+            raise ProtocolError("packet 5: 'content' must be a JSON object")
+    elif packet_type is PacketType.ACK and not isinstance(body.get("messageId"), str):
+        raise ProtocolError("packet 6: 'messageId' must be a string")
+
+
+def envelope(message_id: str, receiver_app_id: str, content: Any) -> dict[str, Any]:
+    """Return the business envelope for *content*, keys in the documented order."""
+    return {
+        "messageId": message_id,
+        "receiverAppId": receiver_app_id,
+        "receiverId": RECEIVER_ID,
+        "receiverType": RECEIVER_TYPE,
+        "sticky": True,
+        "content": content,
+    }
+
+
+def encode_envelope(message_id: str, receiver_app_id: str, content: Any) -> str:
+    """Return the ``5`` frame text carrying *content* in the business envelope."""
+    return "5" + dumps(envelope(message_id, receiver_app_id, content))

@@ -1,0 +1,529 @@
+"""The client side of the protocol as a state machine, with no I/O (sans-I/O).
+
+Rules of this module:
+
+* Inputs are method calls: the transport opened or was lost
+  (:meth:`ClientProtocol.connection_made`, :meth:`~ClientProtocol.connection_lost`),
+  a frame arrived (:meth:`~ClientProtocol.receive`), time passed
+  (:meth:`~ClientProtocol.tick`), or the application asked to send something.
+  Every input that depends on time takes ``now`` (monotonic seconds) or
+  ``now_ms`` (wall-clock milliseconds, for message ids) from the caller.
+* Outputs are pulled: :meth:`~ClientProtocol.data_to_send` hands out the frames
+  to write, in order; :meth:`~ClientProtocol.events_received` the events for
+  the application.  After every input the caller must pull both.
+* No threads, no sockets, no clock, no sleeping.  The caller serialises calls.
+
+Delivery model.  Every business message goes into the *outbox* when a send
+method returns its id, and leaves it when the server acknowledges it (``6``);
+with ``require_acks=False`` it leaves when it is handed out for writing.  The
+outbox is ordered; frames are handed out strictly in that order.  A message
+that needs a ready session (text, audio, refresh, stop, and anything sent
+while a ``start`` is pending) is held while the session is starting; so is
+everything behind it.  When the connection is lost, every unacknowledged
+message is handed out again, in its original order, once a connection is
+made; the server's de-duplication by ``messageId`` makes that exactly-once.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from . import packets
+from .exceptions import (
+    ClientClosedError,
+    InvalidArgumentError,
+    OutboxFullError,
+    ProtocolError,
+    SessionNotStartedError,
+    SessionStartError,
+)
+from .ids import MessageIdFactory, RecentIds, default_id_factory
+from .options import SessionOptions
+from .packets import Packet, PacketType
+
+__all__ = [
+    "Acked",
+    "Accepted",
+    "ClientProtocol",
+    "DeadPeer",
+    "Event",
+    "EventReceived",
+    "GarbageReceived",
+    "MessageReceived",
+    "ServerDisconnect",
+    "SessionReady",
+    "SessionState",
+    "SessionStartFailed",
+]
+
+#: The error recorded against queued messages when their session's start is refused.
+START_REFUSED = "SESSION_START_REFUSED"
+
+
+class SessionState(enum.Enum):
+    """Where the avatar session stands, as the application sees it."""
+
+    IDLE = "idle"  #: no start_session yet
+    STARTING = "starting"  #: start sent, startResult not yet received
+    READY = "ready"  #: startResult received
+    STOPPED = "stopped"  #: stop_session called
+    FAILED = "failed"  #: the server refused the start
+
+
+# ---------------------------------------------------------------- events out
+
+
+@attrs.frozen
+class Accepted:
+    """The server accepted the connection (``1``)."""
+
+
+@attrs.frozen
+class MessageReceived:
+    """A new (not duplicate) business message (``5``) arrived; ``message`` is its envelope."""
+
+    message: dict[str, Any]
+
+
+@attrs.frozen
+class SessionReady:
+    """``startResult`` arrived: the session is ready; ``message`` is its envelope."""
+
+    message: dict[str, Any]
+
+
+@attrs.frozen
+class SessionStartFailed:
+    """The server refused the ``start`` message with ``error``."""
+
+    message_id: str
+    error: object
+
+
+@attrs.frozen
+class EventReceived:
+    """An event (``7``) arrived."""
+
+    event: dict[str, Any]
+
+
+@attrs.frozen
+class Acked:
+    """Message ``message_id`` left the outbox: delivered, or refused when ``error`` is set."""
+
+    message_id: str
+    error: object = None
+    body: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class ServerDisconnect:
+    """The server sent ``2``; ``final`` says the client must not reconnect."""
+
+    reason: str
+    final: bool
+
+
+@attrs.frozen
+class DeadPeer:
+    """No ``4`` or ``5`` arrived for longer than the dead-peer limit."""
+
+    silent_for: float
+
+
+@attrs.frozen
+class GarbageReceived:
+    """A frame that breaks the protocol arrived; it was dropped."""
+
+    error: ProtocolError
+    size: int
+
+
+Event = (
+    Accepted
+    | MessageReceived
+    | SessionReady
+    | SessionStartFailed
+    | EventReceived
+    | Acked
+    | ServerDisconnect
+    | DeadPeer
+    | GarbageReceived
+)
+
+
+@attrs.define(slots=True)
+class _Outgoing:
+    """One entry of the outbox."""
+
+    frame: str
+    tracked: bool  # waits for an ack (a business message with an id)
+    gated: bool  # must wait for the session to be ready
+    is_start: bool = False
+
+
+@attrs.define(slots=True)
+class Counters:
+    """Running totals, for observability."""
+
+    frames_received: int = 0
+    garbage_frames: int = 0
+    duplicates_dropped: int = 0
+    messages_sent: int = 0
+    messages_resent: int = 0
+    acks_received: int = 0
+    pings_sent: int = 0
+    connections: int = 0
+
+
+class ClientProtocol:
+    """The client's protocol state: session, outbox, heartbeat and de-duplication.
+
+    Not thread-safe: the I/O shell calls it under one lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        session_id: str,
+        heartbeat_interval: float | None = 20.0,
+        require_acks: bool = True,
+        max_outbox: int = 10_000,
+        dedupe_capacity: int = 4096,
+        id_factory: MessageIdFactory | None = None,
+    ) -> None:
+        self.app_id = app_id
+        self.session_id = session_id
+        self.heartbeat_interval = heartbeat_interval
+        self.require_acks = require_acks
+        self.max_outbox = max_outbox
+        self._ids = id_factory or default_id_factory
+        self._seen = RecentIds(dedupe_capacity)
+        self.counters = Counters()
+
+        self.session_state = SessionState.IDLE
+        self.session_options: SessionOptions | None = None
+        self.start_error: object = None
+        # True while a start is pending: gated messages wait behind it.
+        self._gate_closed = False
+        self._start_id: str | None = None
+
+        # Unacknowledged messages in send order (dicts keep insertion order).
+        self._outbox: dict[str, _Outgoing] = {}
+        # Ids of outbox entries not yet handed out for writing, in order.
+        self._to_write: collections.deque[str] = collections.deque()
+        self._raw_seq = 0
+        self._events: list[Event] = []
+        # The last refusals, for wait_ack() after the entry left the outbox (bounded).
+        self._refused: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._ping_due = False
+
+        self.connected = False
+        self.closed = False
+        self._last_rx = 0.0
+        self._next_ping: float | None = None
+
+    # ------------------------------------------------------------ connection
+
+    def connection_made(self, now: float) -> None:
+        """The transport is open: start the heartbeat clock; queued frames become writable."""
+        self.connected = True
+        self.counters.connections += 1
+        self._last_rx = now
+        self._next_ping = None if self.heartbeat_interval is None else now + self.heartbeat_interval
+        self._ping_due = False
+
+    def connection_lost(self) -> None:
+        """The transport is gone: every unacknowledged message will be written again."""
+        if not self.connected:
+            return
+        self.connected = False
+        self._next_ping = None
+        self._ping_due = False
+        written = len(self._outbox) - len(self._to_write)
+        self.counters.messages_resent += max(0, written)
+        # Unwritten raw frames are kept; written ones cannot be acked, so they are gone.
+        self._to_write = collections.deque(self._outbox)
+
+    def close(self) -> None:
+        """The client is closed for good; later commands raise."""
+        self.closed = True
+        self.connected = False
+
+    # -------------------------------------------------------------- commands
+
+    @property
+    def outbox_size(self) -> int:
+        """How many messages wait for an ack or for their first write."""
+        return len(self._outbox)
+
+    def has_room(self) -> bool:
+        """True when the outbox can take another message."""
+        return len(self._outbox) < self.max_outbox
+
+    def is_pending(self, message_id: str) -> bool:
+        """True while *message_id* is in the outbox."""
+        return message_id in self._outbox
+
+    def refusal(self, message_id: str) -> object:
+        """The error the server refused *message_id* with (among the last 4096), else ``None``."""
+        return self._refused.get(message_id)
+
+    def _refuse(self, message_id: str, error: object) -> None:
+        self._refused[message_id] = error
+        if len(self._refused) > 4096:
+            self._refused.popitem(last=False)
+
+    def start_session(self, options: SessionOptions, now_ms: int) -> str:
+        """Queue a ``start`` with *options*; return its message id."""
+        self._check_open()
+        content: dict[str, Any] = {"type": "start", "sessionId": self.session_id}
+        content.update(options.to_wire())
+        message_id = self._enqueue(content, now_ms, gated=False, is_start=True)
+        self.session_state = SessionState.STARTING
+        self.session_options = options
+        self.start_error = None
+        self._gate_closed = True
+        self._start_id = message_id
+        return message_id
+
+    def stop_session(self, now_ms: int) -> str:
+        """Queue a ``stop``; the session refuses further data at once."""
+        self._check_session()
+        message_id = self._enqueue({"type": "stop", "sessionId": self.session_id}, now_ms)
+        self.session_state = SessionState.STOPPED
+        return message_id
+
+    def session_message(self, content: Mapping[str, Any], now_ms: int) -> str:
+        """Queue session *content* (``dataSend``, ``refreshContext``); needs a started session."""
+        self._check_session()
+        return self._enqueue(content, now_ms)
+
+    def send_message(self, content: Any, now_ms: int) -> str:
+        """Queue any *content* in the envelope (the original's ``sendMessage``)."""
+        self._check_open()
+        return self._enqueue(content, now_ms, gated=self._gate_closed)
+
+    def send_raw(self, frame: str) -> str | None:
+        """Queue a raw frame; a ``5`` frame with a ``messageId`` is tracked like any message."""
+        self._check_open()
+        message_id: str | None = None
+        if frame.startswith("5"):
+            try:
+                message_id = packets.decode_frame(frame).message_id
+            except ProtocolError:
+                message_id = None
+        if message_id is not None and message_id not in self._outbox:
+            self._add(message_id, _Outgoing(frame, tracked=True, gated=False))
+            return message_id
+        self._raw_seq += 1
+        self._add(f"\x00raw{self._raw_seq}", _Outgoing(frame, tracked=False, gated=False))
+        return message_id
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClientClosedError("the client is closed")
+        if not self.has_room():
+            raise OutboxFullError(f"the outbox holds {self.max_outbox} unacknowledged messages")
+
+    def _check_session(self) -> None:
+        state = self.session_state
+        if state is SessionState.IDLE:
+            raise SessionNotStartedError("no session: call start_session() first")
+        if state is SessionState.STOPPED:
+            raise SessionNotStartedError("the session was stopped: call start_session() again")
+        if state is SessionState.FAILED:
+            raise SessionStartError(
+                f"the server refused to start the session: {self.start_error!r}",
+                error=self.start_error,
+            )
+        self._check_open()
+
+    def _enqueue(
+        self, content: Any, now_ms: int, *, gated: bool = True, is_start: bool = False
+    ) -> str:
+        message_id = self._ids.new(now_ms)
+        try:
+            frame = packets.encode_envelope(message_id, self.app_id, content)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"content cannot be encoded as JSON: {exc}") from exc
+        self._add(message_id, _Outgoing(frame, tracked=True, gated=gated, is_start=is_start))
+        return message_id
+
+    def _add(self, key: str, entry: _Outgoing) -> None:
+        self._outbox[key] = entry
+        self._to_write.append(key)
+
+    # ---------------------------------------------------------------- output
+
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` would return frames now."""
+        if not self.connected:
+            return False
+        if self._ping_due:
+            return True
+        if not self._to_write:
+            return False
+        head = self._outbox.get(self._to_write[0])
+        return head is None or not (head.gated and self._gate_closed)
+
+    def data_to_send(self) -> list[str]:
+        """Hand out the frames to write now, in order, and mark them written.
+
+        The caller must write them in this order on the current connection; if
+        the write fails it must report :meth:`connection_lost`.
+        """
+        if not self.connected:
+            return []
+        frames: list[str] = []
+        if self._ping_due:
+            self._ping_due = False
+            self.counters.pings_sent += 1
+            frames.append("3")
+        to_write = self._to_write
+        outbox = self._outbox
+        while to_write:
+            key = to_write[0]
+            entry = outbox.get(key)
+            if entry is None:  # acked while waiting for a rewrite
+                to_write.popleft()
+                continue
+            if entry.gated and self._gate_closed:
+                break
+            to_write.popleft()
+            frames.append(entry.frame)
+            if not entry.tracked:
+                del outbox[key]
+            elif not self.require_acks:
+                del outbox[key]
+                self._events.append(Acked(key))
+            self.counters.messages_sent += 1
+        return frames
+
+    def events_received(self) -> list[Event]:
+        """Hand out the events produced since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    # ----------------------------------------------------------------- input
+
+    def receive(self, data: str | bytes, now: float) -> None:
+        """Process one received frame.  Garbage becomes a :class:`GarbageReceived` event."""
+        self.counters.frames_received += 1
+        try:
+            packet = packets.decode_frame(data)
+        except ProtocolError as exc:
+            self.counters.garbage_frames += 1
+            self._events.append(GarbageReceived(exc, len(data)))
+            return
+        handler = self._handlers[packet.type]
+        handler(self, packet, now)
+
+    def _on_accepted(self, packet: Packet, now: float) -> None:
+        if self.heartbeat_interval is not None:
+            self._ping_due = True
+            self._next_ping = now + self.heartbeat_interval
+        self._events.append(Accepted())
+
+    def _on_disconnect(self, packet: Packet, now: float) -> None:
+        assert packet.body is not None
+        reason = packet.body["reason"]
+        self._events.append(ServerDisconnect(reason, final=reason in packets.DISCONNECT_FINAL))
+
+    def _on_pong(self, packet: Packet, now: float) -> None:
+        self._last_rx = now
+
+    def _on_message(self, packet: Packet, now: float) -> None:
+        self._last_rx = now
+        body = packet.body
+        assert body is not None
+        if not self._seen.add(body["messageId"]):
+            self.counters.duplicates_dropped += 1
+            return
+        content = body.get("content")
+        if isinstance(content, dict) and content.get("type") == "startResult":
+            if self.session_state is SessionState.STARTING:
+                self.session_state = SessionState.READY
+            self._gate_closed = False
+            self._events.append(SessionReady(body))
+        self._events.append(MessageReceived(body))
+
+    def _on_ack(self, packet: Packet, now: float) -> None:
+        body = packet.body
+        assert body is not None
+        message_id = body["messageId"]
+        error = body.get("error")
+        entry = self._outbox.pop(message_id, None)
+        if entry is None or not entry.tracked:
+            return  # a repeated ack, or one for a message we did not send
+        self.counters.acks_received += 1
+        if error is not None:
+            self._refuse(message_id, error)
+        self._events.append(Acked(message_id, error, body))
+        if error is not None and entry.is_start and message_id == self._start_id:
+            self._start_refused(message_id, error)
+
+    def _start_refused(self, message_id: str, error: object) -> None:
+        self.session_state = SessionState.FAILED
+        self.start_error = error
+        self._gate_closed = False
+        self._events.append(SessionStartFailed(message_id, error))
+        # Messages queued behind the refused start can never be delivered: fail them.
+        for key in [k for k, e in self._outbox.items() if e.gated]:
+            del self._outbox[key]
+            self._refuse(key, START_REFUSED)
+            self._events.append(Acked(key, START_REFUSED))
+
+    def _on_event(self, packet: Packet, now: float) -> None:
+        assert packet.body is not None
+        self._events.append(EventReceived(packet.body))
+
+    def _on_unexpected(self, packet: Packet, now: float) -> None:
+        # A client-to-server packet type coming from the server.
+        self.counters.garbage_frames += 1
+        error = ProtocolError(f"packet {int(packet.type)} is not sent by servers")
+        self._events.append(GarbageReceived(error, 1))
+
+    _handlers: ClassVar[dict[PacketType, Callable[[ClientProtocol, Packet, float], None]]] = {
+        PacketType.ACCEPTED: _on_accepted,
+        PacketType.DISCONNECT: _on_disconnect,
+        PacketType.PING: _on_unexpected,
+        PacketType.PONG: _on_pong,
+        PacketType.MESSAGE: _on_message,
+        PacketType.ACK: _on_ack,
+        PacketType.EVENT: _on_event,
+    }
+
+    # ------------------------------------------------------------------ time
+
+    @property
+    def dead_after(self) -> float | None:
+        """Seconds without ``4``/``5`` after which the peer counts as dead."""
+        return None if self.heartbeat_interval is None else 2 * self.heartbeat_interval + 0.1
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which :meth:`tick` has work to do, or ``None``."""
+        if not self.connected or self._next_ping is None:
+            return None
+        assert self.dead_after is not None
+        return min(self._next_ping, self._last_rx + self.dead_after)
+
+    def tick(self, now: float) -> None:
+        """Let time pass: queue a heartbeat when due; report a dead peer."""
+        if not self.connected or self.heartbeat_interval is None or self._next_ping is None:
+            return
+        assert self.dead_after is not None
+        silent = now - self._last_rx
+        if silent > self.dead_after:
+            self._events.append(DeadPeer(silent))
+            self._next_ping = None  # report once per connection
+            return
+        if now >= self._next_ping:
+            self._ping_due = True
+            self._next_ping = now + self.heartbeat_interval

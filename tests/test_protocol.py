@@ -1,0 +1,197 @@
+"""Unit tests of the sans-I/O client state machine: frames in, frames and events out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avatar_im import ClientClosedError, OutboxFullError, SessionNotStartedError, SessionStartError
+from avatar_im.ids import MessageIdFactory
+from avatar_im.options import SessionOptions
+from avatar_im.protocol import (
+    Acked,
+    ClientProtocol,
+    DeadPeer,
+    EventReceived,
+    GarbageReceived,
+    MessageReceived,
+    ServerDisconnect,
+    SessionReady,
+    SessionState,
+)
+
+
+def make(**kwargs: object) -> ClientProtocol:
+    p = ClientProtocol(
+        app_id="app", session_id="s", id_factory=MessageIdFactory("x"), **kwargs  # type: ignore[arg-type]
+    )
+    p.connection_made(0.0)
+    return p
+
+
+def contents(frames: list[str]) -> list[object]:
+    return [json.loads(f[1:])["content"] if f.startswith("5") else f for f in frames]
+
+
+def ack(mid: str, **extra: object) -> str:
+    return "6" + json.dumps({"messageId": mid, **extra})
+
+
+def start_result(mid: str = "srv1") -> str:
+    return "5" + json.dumps({"messageId": mid, "content": {"type": "startResult", "sessionId": "s"}})
+
+
+def test_accept_sends_heartbeat_at_once() -> None:
+    """On `1` the client queues `3` immediately."""
+    p = make()
+    p.receive("1", 0.0)
+    assert p.data_to_send() == ["3"]
+
+
+def test_sends_before_ready_are_held_in_order_then_released() -> None:
+    """Data sent while the start is pending waits, then leaves in order after startResult."""
+    p = make()
+    start = p.start_session(SessionOptions(), 1)
+    a = p.session_message({"type": "dataSend", "sessionId": "s", "text": "a"}, 1)
+    b = p.send_message({"custom": 1}, 1)
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [start]
+    assert p.data_to_send() == []
+    p.receive(start_result(), 0.1)
+    assert [e for e in p.events_received() if isinstance(e, SessionReady)]
+    assert p.session_state is SessionState.READY
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [a, b]
+
+
+def test_session_calls_need_a_session() -> None:
+    """Text before start or after stop raises SessionNotStartedError."""
+    p = make()
+    with pytest.raises(SessionNotStartedError):
+        p.session_message({}, 1)
+    p.start_session(SessionOptions(), 1)
+    p.stop_session(1)
+    with pytest.raises(SessionNotStartedError):
+        p.session_message({}, 1)
+
+
+def test_unacked_messages_are_resent_in_order_after_reconnect() -> None:
+    """After a lost connection every unacked message is written again, oldest first."""
+    p = make()
+    p.start_session(SessionOptions(), 1)
+    p.receive(start_result(), 0)
+    ids = [p.session_message({"n": i}, 1) for i in range(5)]
+    first = p.data_to_send()
+    assert len(first) == 6
+    p.receive(ack(ids[1]), 0)
+    p.connection_lost()
+    assert p.data_to_send() == []
+    late = p.session_message({"n": 5}, 1)
+    p.connection_made(1.0)
+    again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
+    assert again[1:] == [ids[0], *ids[2:], late]
+
+
+def test_ack_removes_from_outbox_and_error_is_reported() -> None:
+    """An ack clears the message; an ack with error is reported and remembered."""
+    p = make()
+    mid = p.send_message({"x": 1}, 1)
+    p.data_to_send()
+    p.receive(ack(mid, error="BAD"), 0)
+    assert not p.is_pending(mid) and p.refusal(mid) == "BAD"
+    assert Acked(mid, "BAD", {"messageId": mid, "error": "BAD"}) in p.events_received()
+
+
+def test_refused_start_fails_session_and_queued_messages() -> None:
+    """A start acked with an error fails the session and everything queued behind it."""
+    p = make()
+    start = p.start_session(SessionOptions(), 1)
+    queued = p.session_message({"text": "x"}, 1)
+    p.data_to_send()
+    p.receive(ack(start, error="FORBIDDEN"), 0)
+    assert p.session_state is SessionState.FAILED
+    assert p.refusal(queued) is not None and p.outbox_size == 0
+    with pytest.raises(SessionStartError):
+        p.session_message({}, 1)
+
+
+def test_inbound_duplicates_dropped() -> None:
+    """A `5` with a messageId already seen is dropped and counted."""
+    p = make()
+    frame = '5{"messageId":"m1","content":{"type":"textReply"}}'
+    p.receive(frame, 0)
+    p.receive(frame, 0)
+    assert len([e for e in p.events_received() if isinstance(e, MessageReceived)]) == 1
+    assert p.counters.duplicates_dropped == 1
+
+
+def test_garbage_is_an_event_not_an_exception() -> None:
+    """Bad frames become GarbageReceived events and are counted."""
+    p = make()
+    for frame in ["x", "5{", b"\x00", "3"]:
+        p.receive(frame, 0)
+    events = p.events_received()
+    assert len(events) == 4 and all(isinstance(e, GarbageReceived) for e in events)
+    assert p.counters.garbage_frames == 4
+
+
+def test_heartbeat_and_dead_peer() -> None:
+    """A ping is due every interval; silence past 2 x interval + 0.1 s is a dead peer."""
+    p = make(heartbeat_interval=1.0)
+    p.receive("1", 0.0)
+    assert p.data_to_send() == ["3"]
+    assert p.next_deadline() == 1.0
+    p.tick(1.0)
+    assert p.data_to_send() == ["3"]
+    p.receive("4", 1.5)
+    p.tick(3.5)
+    assert not [e for e in p.events_received() if isinstance(e, DeadPeer)]
+    p.tick(3.7)
+    assert [e for e in p.events_received() if isinstance(e, DeadPeer)]
+
+
+def test_disconnect_reasons() -> None:
+    """`2` reasons are classified as final or reconnect."""
+    p = make()
+    p.receive('2{"reason":"UNIT_SWITCH"}', 0)
+    p.receive('2{"reason":"CONNECTION_KICK_OUT"}', 0)
+    assert p.events_received() == [
+        ServerDisconnect("UNIT_SWITCH", final=False),
+        ServerDisconnect("CONNECTION_KICK_OUT", final=True),
+    ]
+
+
+def test_events_are_passed_on() -> None:
+    """A `7` becomes an EventReceived."""
+    p = make()
+    p.receive('7{"type":"speaking"}', 0)
+    assert p.events_received() == [EventReceived({"type": "speaking"})]
+
+
+def test_without_acks_delivered_on_write() -> None:
+    """With require_acks=False a message leaves the outbox when written."""
+    p = make(require_acks=False)
+    mid = p.send_message({"x": 1}, 1)
+    assert p.is_pending(mid)
+    p.data_to_send()
+    assert not p.is_pending(mid)
+
+
+def test_outbox_bound_and_closed() -> None:
+    """A full outbox and a closed protocol refuse new messages with typed errors."""
+    p = make(max_outbox=2)
+    p.send_message(1, 1)
+    p.send_message(2, 1)
+    with pytest.raises(OutboxFullError):
+        p.send_message(3, 1)
+    p.close()
+    with pytest.raises(ClientClosedError):
+        p.send_raw("3")
+
+
+def test_raw_frames_keep_order_and_track_message_ids() -> None:
+    """send_raw of a `5` frame tracks its messageId; other raw frames just go out."""
+    p = make()
+    mid = p.send_raw('5{"messageId":"raw1","content":{}}')
+    assert mid == "raw1" and p.send_raw("3") is None
+    assert p.data_to_send() == ['5{"messageId":"raw1","content":{}}', "3"]
+    assert p.is_pending("raw1")
