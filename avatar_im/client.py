@@ -46,6 +46,7 @@ from .protocol import (
     EventReceived,
     GarbageReceived,
     MessageReceived,
+    SessionLost,
     SessionReady,
     SessionStartFailed,
     SessionState,
@@ -574,6 +575,9 @@ class AvatarIM:
                 self._callback(self.on_event, event.event)
             elif isinstance(event, GarbageReceived):
                 logger.warning("dropped a bad frame (%d chars): %s", event.size, event.error)
+            elif isinstance(event, SessionLost):
+                self.session_ready.clear()
+                logger.info("the server lost session %s: starting it again", self.session_id)
             elif isinstance(event, SessionStartFailed):
                 logger.warning("the server refused the session start: %r", event.error)
             elif isinstance(event, Accepted):

@@ -163,10 +163,16 @@ class Connection:
             self._set_state(ConnectionState.CLOSED)
             self._changed.notify_all()
         self._stop.set()
-        if transport is not None:
-            transport.close(timeout=min(0.2, timeout / 4))
         reader = self._reader
-        if reader is not None and reader is not threading.current_thread():
+        if reader is threading.current_thread():
+            reader = None  # close() from a callback: the reader exits when it returns
+        if transport is not None:
+            # A clean close: our close frame, the server's answer ends the reader's recv.
+            transport.send_close(timeout=min(0.2, timeout / 4))
+            if reader is not None:
+                reader.join(min(0.3, timeout / 3))
+            transport.close()
+        if reader is not None:
             reader.join(max(0.0, deadline - time.monotonic()))
             if reader.is_alive():
                 logger.error("reader thread %s did not stop within %.1fs", reader.name, timeout)
@@ -259,7 +265,7 @@ class Connection:
                 self.flush()
                 ended = self._read(transport)
                 self._lost(transport)
-                transport.close(timeout=0.1)
+                transport.close()
                 with self._lock:
                     self._transport = None
                 if self._stopping:

@@ -56,6 +56,7 @@ __all__ = [
     "GarbageReceived",
     "MessageReceived",
     "ServerDisconnect",
+    "SessionLost",
     "SessionReady",
     "SessionState",
     "SessionStartFailed",
@@ -63,6 +64,8 @@ __all__ = [
 
 #: The error recorded against queued messages when their session's start is refused.
 START_REFUSED = "SESSION_START_REFUSED"
+#: The ack error with which the server says the session does not exist (any more).
+SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 
 
 class SessionState(enum.Enum):
@@ -103,6 +106,11 @@ class SessionStartFailed:
 
     message_id: str
     error: object
+
+
+@attrs.frozen
+class SessionLost:
+    """The server no longer knows the session; the client is starting it again."""
 
 
 @attrs.frozen
@@ -149,6 +157,7 @@ Event = (
     | MessageReceived
     | SessionReady
     | SessionStartFailed
+    | SessionLost
     | EventReceived
     | Acked
     | ServerDisconnect
@@ -165,6 +174,7 @@ class _Outgoing:
     tracked: bool  # waits for an ack (a business message with an id)
     gated: bool  # must wait for the session to be ready
     is_start: bool = False
+    epoch: int = 0  # the session epoch at its last write (see _restart_session)
 
 
 @attrs.define(slots=True)
@@ -213,6 +223,11 @@ class ClientProtocol:
         # True while a start is pending: gated messages wait behind it.
         self._gate_closed = False
         self._start_id: str | None = None
+        self._start_content: dict[str, Any] | None = None
+        # Incremented each time the client starts the session again by itself.
+        self._epoch = 0
+        self._last_ms = 0
+        self.session_restarts = 0
 
         # Unacknowledged messages in send order (dicts keep insertion order).
         self._outbox: dict[str, _Outgoing] = {}
@@ -250,6 +265,9 @@ class ClientProtocol:
         self.counters.messages_resent += max(0, written)
         # Unwritten raw frames are kept; written ones cannot be acked, so they are gone.
         self._to_write = collections.deque(self._outbox)
+        if self.session_state is SessionState.STARTING and self._start_id not in self._outbox:
+            # The start was acked but its startResult was lost with the connection.
+            self._restart_session(())
 
     def close(self) -> None:
         """The client is closed for good; later commands raise."""
@@ -286,6 +304,7 @@ class ClientProtocol:
         content: dict[str, Any] = {"type": "start", "sessionId": self.session_id}
         content.update(options.to_wire())
         message_id = self._enqueue(content, now_ms, gated=False, is_start=True)
+        self._start_content = content
         self.session_state = SessionState.STARTING
         self.session_options = options
         self.start_error = None
@@ -348,6 +367,7 @@ class ClientProtocol:
     def _enqueue(
         self, content: Any, now_ms: int, *, gated: bool = True, is_start: bool = False
     ) -> str:
+        self._last_ms = now_ms
         message_id = self._ids.new(now_ms)
         try:
             frame = packets.encode_envelope(message_id, self.app_id, content)
@@ -397,6 +417,7 @@ class ClientProtocol:
             if entry.gated and self._gate_closed:
                 break
             to_write.popleft()
+            entry.epoch = self._epoch
             frames.append(entry.frame)
             if not entry.tracked:
                 del outbox[key]
@@ -459,9 +480,16 @@ class ClientProtocol:
         assert body is not None
         message_id = body["messageId"]
         error = body.get("error")
-        entry = self._outbox.pop(message_id, None)
+        entry = self._outbox.get(message_id)
         if entry is None or not entry.tracked:
             return  # a repeated ack, or one for a message we did not send
+        if error == SESSION_NOT_FOUND and entry.gated:
+            if entry.epoch < self._epoch:
+                return  # refused before we restarted the session; it will be sent again
+            if self.session_state is SessionState.READY:
+                self._restart_session((message_id,))
+                return
+        del self._outbox[message_id]
         self.counters.acks_received += 1
         if error is not None:
             self._refuse(message_id, error)
@@ -479,6 +507,32 @@ class ClientProtocol:
             del self._outbox[key]
             self._refuse(key, START_REFUSED)
             self._events.append(Acked(key, START_REFUSED))
+
+    def _restart_session(self, first: tuple[str, ...]) -> None:
+        """The server lost our session: start it again, then resend in the original order.
+
+        A new ``start`` goes first, then the messages in *first*, then every
+        other unacknowledged message.  Refusals of messages written before this
+        point are ignored (their epoch is older); they are all sent again once
+        the new ``startResult`` opens the gate.
+        """
+        assert self._start_content is not None
+        self._epoch += 1
+        self.session_restarts += 1
+        start_id = self._ids.new(self._last_ms)
+        frame = packets.encode_envelope(start_id, self.app_id, self._start_content)
+        start = _Outgoing(frame, tracked=True, gated=False, is_start=True)
+        old = self._outbox
+        self._outbox = {start_id: start}
+        for key in (*first, *old):
+            # The old start is superseded by the new one.
+            if key in old and key not in self._outbox and not old[key].is_start:
+                self._outbox[key] = old[key]
+        self._to_write = collections.deque(self._outbox)
+        self._start_id = start_id
+        self.session_state = SessionState.STARTING
+        self._gate_closed = True
+        self._events.append(SessionLost())
 
     def _on_event(self, packet: Packet, now: float) -> None:
         assert packet.body is not None

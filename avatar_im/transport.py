@@ -90,20 +90,28 @@ class Transport:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def close(self, *, timeout: float = 0.2) -> None:
-        """Send a close frame if the socket takes it within *timeout*, then shut down."""
+    def send_close(self, *, timeout: float = 0.2) -> None:
+        """Send a close frame if the socket takes it within *timeout* seconds (best effort).
+
+        The server answers with its own close frame, which ends the reader's
+        ``recv``; the caller then :meth:`close` s the socket.
+        """
         sock = self._ws.sock
-        if sock is not None and not self._aborted:
-            lock = self._ws.lock
-            if lock.acquire(timeout=timeout):
-                try:
-                    sock.settimeout(timeout)
-                    frame = websocket.ABNF.create_frame(b"\x03\xe8", _OP_CLOSE).format()
-                    sock.sendall(frame)
-                except OSError:
-                    pass
-                finally:
-                    lock.release()
+        if sock is None or self._aborted:
+            return
+        lock = self._ws.lock
+        if not lock.acquire(timeout=timeout):
+            return
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(websocket.ABNF.create_frame(b"\x03\xe8", _OP_CLOSE).format())
+        except OSError:
+            pass
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        """Shut the socket down and release it."""
         self.abort()
         self._ws.shutdown()  # type: ignore[no-untyped-call]
 

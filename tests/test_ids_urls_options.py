@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from avatar_im import InvalidArgumentError, InvalidArgumentTypeError, ReconnectPolicy, SessionOptions
+from avatar_im import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ReconnectPolicy,
+    SessionOptions,
+)
 from avatar_im.ids import MessageIdFactory, RecentIds
 from avatar_im.options import refresh_fields
 from avatar_im.urls import DEFAULT_URL, build_url, redact_url

@@ -29,7 +29,7 @@ def test_envelope_is_compact_json_in_documented_order() -> None:
 
 def test_control_characters_are_escaped_like_javascript() -> None:
     """Control characters are escaped exactly as JSON.stringify escapes them."""
-    frame = encode_envelope("m", "a", {"text": "a\nb\x01\"\\/"})
+    frame = encode_envelope("m", "a", {"text": 'a\nb\x01"\\/'})
     assert '"text":"a\\nb\\u0001\\"\\\\/"' in frame
 
 

@@ -24,7 +24,10 @@ from avatar_im.protocol import (
 
 def make(**kwargs: object) -> ClientProtocol:
     p = ClientProtocol(
-        app_id="app", session_id="s", id_factory=MessageIdFactory("x"), **kwargs  # type: ignore[arg-type]
+        app_id="app",
+        session_id="s",
+        id_factory=MessageIdFactory("x"),
+        **kwargs,  # type: ignore[arg-type]
     )
     p.connection_made(0.0)
     return p
@@ -39,7 +42,9 @@ def ack(mid: str, **extra: object) -> str:
 
 
 def start_result(mid: str = "srv1") -> str:
-    return "5" + json.dumps({"messageId": mid, "content": {"type": "startResult", "sessionId": "s"}})
+    return "5" + json.dumps(
+        {"messageId": mid, "content": {"type": "startResult", "sessionId": "s"}}
+    )
 
 
 def test_accept_sends_heartbeat_at_once() -> None:
@@ -195,3 +200,25 @@ def test_raw_frames_keep_order_and_track_message_ids() -> None:
     assert mid == "raw1" and p.send_raw("3") is None
     assert p.data_to_send() == ['5{"messageId":"raw1","content":{}}', "3"]
     assert p.is_pending("raw1")
+
+
+def test_session_gone_after_reconnect_is_started_again_in_order() -> None:
+    """SESSION_NOT_FOUND for session data: a new start, then every refused message, in order."""
+    p = make()
+    p.start_session(SessionOptions(), 1)
+    p.receive(start_result("r1"), 0)
+    p.data_to_send()
+    p.events_received()
+    ids = [p.session_message({"n": i}, 1) for i in range(3)]
+    assert len(p.data_to_send()) == 3
+    p.receive(ack(ids[0], error="SESSION_NOT_FOUND"), 0)
+    p.receive(ack(ids[1], error="SESSION_NOT_FOUND"), 0)  # in flight before the restart
+    assert p.session_state is SessionState.STARTING
+    assert [type(e).__name__ for e in p.events_received()] == ["SessionLost"]
+    frames = p.data_to_send()
+    assert [c["type"] for c in contents(frames)] == ["start"]  # type: ignore[index]
+    p.receive(ack(ids[2], error="SESSION_NOT_FOUND"), 0)
+    p.receive(start_result("r2"), 0)
+    again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
+    assert again == ids and p.session_restarts == 1
+    assert all(p.refusal(i) is None for i in ids)

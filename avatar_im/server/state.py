@@ -381,16 +381,16 @@ class ServerState:
             self.stats.duplicates += 1
             return Outcome(ack=_ack(message_id), duplicate=True)
         if session is not None and not owned:
-            return self._refuse(message_id, FORBIDDEN, f"session {command.session_id!r} is not yours")
+            return self._refuse(
+                message_id, FORBIDDEN, f"session {command.session_id!r} is not yours"
+            )
 
         replies: list[dict[str, Any]] = []
         request: Request | None = None
         if command.type == "start":
             options = SessionOptions(**command.options)
             if session is None:
-                session = _Session(
-                    session_id=command.session_id, owner=peer.owner, options=options
-                )
+                session = _Session(session_id=command.session_id, owner=peer.owner, options=options)
                 self.sessions[command.session_id] = session
             session.options = options
             session.stopped = False

@@ -74,4 +74,4 @@ class Timer:
             try:
                 callback()
             except Exception:
-                logger.error("timer callback %r failed", callback, exc_info=True)
+                logger.exception("timer callback %r failed", callback)

@@ -1,0 +1,39 @@
+"""A reference avatar IM server, for tests and local development.
+
+:class:`ReferenceServer` speaks the wire protocol of ``avatar_im.packets`` on
+a real WebSocket, records what it processes, and lets tests push frames and
+inject faults.  See :mod:`avatar_im.server.state` for its rules and ack
+errors, :mod:`avatar_im.server.responder` for what it answers to ``dataSend``.
+"""
+
+from __future__ import annotations
+
+from .responder import Replies, Request, Responder, SessionInfo, audio_duration, default_responder
+from .server import Faults, ReferenceServer
+from .state import (
+    ACK_ERRORS,
+    BAD_CONTENT,
+    FORBIDDEN,
+    SESSION_NOT_FOUND,
+    Credentials,
+    ServerStats,
+    SessionSnapshot,
+)
+
+__all__ = [
+    "ACK_ERRORS",
+    "BAD_CONTENT",
+    "FORBIDDEN",
+    "SESSION_NOT_FOUND",
+    "Credentials",
+    "Faults",
+    "ReferenceServer",
+    "Replies",
+    "Request",
+    "Responder",
+    "ServerStats",
+    "SessionInfo",
+    "SessionSnapshot",
+    "audio_duration",
+    "default_responder",
+]

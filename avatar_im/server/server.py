@@ -1,0 +1,618 @@
+"""The reference server: a threaded WebSocket server that speaks the avatar IM protocol.
+
+:class:`ReferenceServer` runs on the sync server of ``websockets`` and applies
+the rules of :mod:`.state` to what clients send.  It is for tests and local
+development: it records everything it processes, lets tests push frames and
+inject faults, and can drop and re-open its listening socket on the same port.
+
+Threads (all of them are ended by :meth:`ReferenceServer.stop`):
+
+* the accept thread runs ``websockets``' ``Server.serve_forever``;
+* ``websockets`` starts one handler thread per connection, which runs
+  :meth:`ReferenceServer._serve_connection`, and one ``recv_events`` thread;
+* the timer thread (:class:`.timer.Timer`) sends delayed acks and forgets
+  sessions whose grace period ran out;
+* :meth:`ReferenceServer.disconnect` starts one short-lived closer thread per
+  connection, so that it never waits for a peer's closing handshake.
+
+Locks: ``_lock`` guards all the server's state (one lock; see its comment);
+``_lifecycle`` serialises start, stop and restart.  No frame is sent and no
+responder is called with ``_lock`` held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import attrs
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HandshakeRequest
+from websockets.http11 import Response
+from websockets.sync.server import Server, ServerConnection, serve
+
+from ..exceptions import ProtocolError
+from ..packets import Packet, PacketType, decode_frame, encode_frame
+from ..urls import redact_url
+from .responder import Replies, Request, Responder, default_responder
+from .state import (
+    Command,
+    Credentials,
+    HandshakeRefusal,
+    Peer,
+    Refusal,
+    ServerState,
+    ServerStats,
+    SessionSnapshot,
+    authorize,
+    credential_table,
+    parse_content,
+)
+from .timer import Timer
+
+__all__ = ["Faults", "ReferenceServer"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a closing handshake started by the server waits for the peer.
+CLOSE_TIMEOUT = 2.0
+#: How long a client has to complete the opening handshake.
+OPEN_TIMEOUT = 10.0
+#: How long stop() waits for each thread it ends.
+JOIN_TIMEOUT = 0.5
+#: The default limit on the size of a received frame.
+DEFAULT_MAX_SIZE = 16 * 2**20
+
+
+@attrs.define(kw_only=True)
+class Faults:
+    """Faults to inject; change the fields at any time, from any thread.
+
+    Each field is read when it applies (one attribute read, atomic in CPython).
+    """
+
+    answer_heartbeats: bool = True  #: answer ``3`` with ``4``
+    ack_delay: float = 0.0  #: seconds to hold each ack back (the reading goes on meanwhile)
+    drop_acks: bool = False  #: send no ack at all (messages are still processed)
+    refuse_handshake: int | None = None  #: refuse every handshake with this HTTP status
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One open WebSocket connection and who it belongs to."""
+
+    id: int
+    ws: ServerConnection
+    peer: Peer
+
+
+def _shutdown_socket(sock: socket.socket) -> None:
+    """End a TCP connection now, with no closing handshake; the owner of *sock* closes it."""
+    with contextlib.suppress(OSError):  # already closed or not connected
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _reply_contents(replies: Replies) -> list[dict[str, Any]]:
+    if replies is None:
+        return []
+    if isinstance(replies, Mapping):
+        return [dict(replies)]
+    contents = []
+    for reply in replies:
+        if isinstance(reply, Mapping):
+            contents.append(dict(reply))
+        else:
+            logger.error("responder returned a %s, not a mapping: dropped", type(reply).__name__)
+    return contents
+
+
+class ReferenceServer:
+    """A local avatar IM server for tests and development.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with ReferenceServer() as server:
+            url = f"{server.url}?t=token&app=app&tenant=tenant"
+            ...
+
+    *credentials* ``None`` accepts any non-empty ``t``, ``app`` and ``tenant``;
+    otherwise only the given :class:`Credentials`.  *responder* answers
+    ``dataSend`` messages (default :func:`default_responder`).  Sessions with
+    no connection are forgotten after *session_grace* seconds (``None``:
+    never).  A connection with no client frame for *idle_timeout* seconds gets
+    ``2{"reason":"HEARTBEAT_TIMEOUT"}`` and is closed (``None``: never).
+    *max_size* limits the size of a received frame.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: Credentials | Iterable[Credentials] | None = None,
+        responder: Responder | None = None,
+        session_grace: float | None = 60.0,
+        idle_timeout: float | None = 60.0,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        if session_grace is not None and session_grace < 0:
+            raise ValueError(f"session_grace must be >= 0 or None, got {session_grace!r}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be > 0 or None, got {idle_timeout!r}")
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size!r}")
+        self._host = host
+        self._port = port
+        self._credentials = credential_table(credentials)
+        self._responder: Responder = default_responder if responder is None else responder
+        self._session_grace = session_grace
+        self._idle_timeout = idle_timeout
+        self._max_size = max_size
+        self.faults = Faults()
+
+        # The one lock around the server's state: _state (sessions, ids, counters),
+        # _connections, _sockets, _accepting and _closers.  Reentrant so that wait_for()
+        # predicates, which run with it held, may call session() and stats.
+        self._lock = threading.RLock()
+        # Notified (with _lock) after every change of that state; wait_for() waits on it.
+        self._changed = threading.Condition(self._lock)
+        self._state = ServerState()
+        self._connections: dict[int, _Connection] = {}
+        # Every accepted TCP socket, from accept to close, handshake included: stop() and
+        # restart() shut them all down so that no handler thread outlives them.
+        self._sockets: set[socket.socket] = set()
+        self._accepting = False
+        self._connection_ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+
+        # Serialises start(), stop() and restart(); held while they join threads.
+        self._lifecycle = threading.Lock()
+        self._phase = "new"  # "new" -> "running" -> "stopped"
+        self._stopped = threading.Event()  # set by stop(); serve_forever() waits on it
+        self._ws_server: Server | None = None
+        # The accept thread: runs websockets' serve_forever(), which starts a handler thread
+        # per accepted socket; blocks in select() on the listening socket; exits when
+        # _close_listener() calls Server.shutdown().  One per listening period (restart()
+        # makes a new one).
+        self._accept_thread: threading.Thread | None = None
+        # See Timer: sends delayed acks and forgets orphaned sessions; exits on stop().
+        self._timer = Timer(name="avatar-im-server-timer")
+        # Closer threads started by disconnect(): each runs one ServerConnection.close(),
+        # blocking until the peer answers the close frame, CLOSE_TIMEOUT passes or stop()
+        # shuts the socket down; each removes itself from this set when done.
+        self._closers: set[threading.Thread] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> ReferenceServer:
+        """Bind and start serving; return ``self``.  A server starts only once."""
+        with self._lifecycle:
+            if self._phase != "new":
+                raise RuntimeError(f"cannot start a server that is {self._phase}")
+            self._listen(self._port)
+            self._timer.start()
+            self._phase = "running"
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, drop every connection at TCP level and end every server thread.
+
+        Idempotent.  Recorded sessions and counters stay readable.
+        """
+        with self._lifecycle:
+            if self._phase == "running":
+                self._close_listener()
+                self._timer.stop(JOIN_TIMEOUT)
+                with self._lock:
+                    closers = list(self._closers)
+                for thread in closers:
+                    thread.join(JOIN_TIMEOUT)
+                logger.info("reference server on port %d stopped", self._port)
+            self._phase = "stopped"
+            self._stopped.set()
+
+    def restart(self, *, keep_state: bool = True) -> None:
+        """Drop every connection abruptly and listen again on the same port.
+
+        With *keep_state* false, sessions and remembered message ids are
+        forgotten too (counters are kept).
+        """
+        with self._lifecycle:
+            if self._phase != "running":
+                raise RuntimeError(f"cannot restart a server that is {self._phase}")
+            self._close_listener()
+            if not keep_state:
+                with self._changed:
+                    self._state.reset()
+                    self._changed.notify_all()
+            self._listen(self._port)
+            logger.info("reference server restarted (keep_state=%s)", keep_state)
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until :meth:`stop` (or Ctrl-C, which stops it)."""
+        if self._phase == "new":
+            self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            self.stop()
+
+    def __enter__(self) -> ReferenceServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """The host the server binds to."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the requested one before)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://<host>:<port>/ws``; add ``?t=...&app=...&tenant=...`` to connect."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"ws://{host}:{self._port}/ws"
+
+    def _listen(self, port: int) -> None:
+        """Bind *port* and start the accept thread.  Needs ``_lifecycle``."""
+        assert self._lifecycle.locked()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        # create_server sets SO_REUSEADDR on POSIX, so restart() can rebind at once.
+        sock = socket.create_server((self._host, port), family=family, reuse_port=False)
+        try:
+            ws_server = serve(
+                self._serve_connection,
+                sock=sock,
+                process_request=self._process_request,
+                compression=None,
+                open_timeout=OPEN_TIMEOUT,
+                ping_interval=None,
+                close_timeout=CLOSE_TIMEOUT,
+                max_size=self._max_size,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        ws_server.handler = functools.partial(self._track_socket, ws_server.handler)
+        self._port = sock.getsockname()[1]
+        with self._lock:
+            self._accepting = True
+        self._ws_server = ws_server
+        self._accept_thread = threading.Thread(
+            target=ws_server.serve_forever,
+            name=f"avatar-im-server-accept-{self._port}",
+            daemon=True,
+        )
+        self._accept_thread.start()
+        logger.info("reference server listening on %s", self.url)
+
+    def _close_listener(self) -> None:
+        """Close the listening socket, shut every connection down, end their threads.
+
+        Needs ``_lifecycle``.
+        """
+        assert self._lifecycle.locked()
+        ws_server, accept_thread = self._ws_server, self._accept_thread
+        assert ws_server is not None and accept_thread is not None
+        with self._lock:
+            self._accepting = False
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown_socket(sock)
+        # With every socket shut down, each handler thread ends at once; shutdown() joins
+        # them (and rejects the handshakes of sockets accepted meanwhile, see _track_socket).
+        ws_server.shutdown(close_connections=False)
+        accept_thread.join(JOIN_TIMEOUT)
+        self._ws_server = self._accept_thread = None
+
+    def _track_socket(
+        self, handle: Callable[[socket.socket, Any], None], sock: socket.socket, address: Any
+    ) -> None:
+        """Wrap websockets' per-socket handler: register *sock* for the whole connection."""
+        with self._lock:
+            self._sockets.add(sock)
+            accepting = self._accepting
+        if not accepting:  # accepted while _close_listener() was shutting sockets down
+            _shutdown_socket(sock)
+        try:
+            handle(sock, address)
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+    # --- handshake and connection --------------------------------------------------------
+
+    def _process_request(self, ws: ServerConnection, request: HandshakeRequest) -> Response | None:
+        status = self.faults.refuse_handshake
+        if status is not None:
+            result: Peer | HandshakeRefusal = HandshakeRefusal(
+                status, "Refused by fault injection.\n"
+            )
+        else:
+            result = authorize(request.path, self._credentials)
+        if isinstance(result, Peer):
+            return None
+        with self._changed:
+            self._state.stats.handshakes_refused += 1
+            self._changed.notify_all()
+        logger.info("refusing handshake for %s: HTTP %d", redact_url(request.path), result.status)
+        return ws.respond(result.status, result.text)
+
+    def _serve_connection(self, ws: ServerConnection) -> None:
+        """Run one connection on its handler thread, from ``1`` to the close."""
+        assert ws.request is not None
+        peer = authorize(ws.request.path, self._credentials)
+        assert isinstance(peer, Peer)  # _process_request refused anything else
+        with self._changed:
+            conn = _Connection(next(self._connection_ids), ws, peer)
+            self._connections[conn.id] = conn
+            self._state.stats.connections_total += 1
+            self._state.stats.connections_open += 1
+            self._changed.notify_all()
+        logger.info("connection %d open (app=%s, tenant=%s)", conn.id, peer.app_id, peer.tenant_id)
+        try:
+            if self._send(conn, encode_frame(PacketType.ACCEPTED)):
+                self._read(conn)
+        finally:
+            with self._changed:
+                del self._connections[conn.id]
+                self._state.stats.connections_open -= 1
+                orphans = self._state.detach(conn.id)
+                self._changed.notify_all()
+            if self._session_grace is not None:
+                for session_id, token in orphans:
+                    self._timer.call_later(
+                        self._session_grace, functools.partial(self._expire, session_id, token)
+                    )
+            logger.info("connection %d closed", conn.id)
+
+    def _read(self, conn: _Connection) -> None:
+        """Read and handle frames until the connection closes or stays idle too long."""
+        idle = self._idle_timeout
+        deadline = None if idle is None else time.monotonic() + idle
+        while True:
+            try:
+                data = conn.ws.recv(None if deadline is None else deadline - time.monotonic())
+            except TimeoutError:
+                logger.info("connection %d: no frame for %s s, closing", conn.id, idle)
+                self._send(
+                    conn, encode_frame(PacketType.DISCONNECT, {"reason": "HEARTBEAT_TIMEOUT"})
+                )
+                conn.ws.close()
+                return
+            except ConnectionClosed:
+                return
+            if idle is not None:
+                deadline = time.monotonic() + idle
+            self._on_frame(conn, data)
+
+    def _on_frame(self, conn: _Connection, data: str | bytes) -> None:
+        with self._changed:
+            self._state.stats.frames_received += 1
+            self._changed.notify_all()
+        logger.debug("connection %d > %.200r", conn.id, data)
+        try:
+            packet = decode_frame(data)
+        except ProtocolError as exc:
+            self._bad_frame(conn, str(exc))
+            return
+        if packet.type is PacketType.PING:
+            if self.faults.answer_heartbeats:
+                self._send_pong(conn)
+        elif packet.type is PacketType.MESSAGE:
+            self._on_message(conn, packet)
+        else:
+            self._bad_frame(conn, f"packet type {int(packet.type)} is not sent by clients")
+
+    def _bad_frame(self, conn: _Connection, why: str) -> None:
+        logger.warning("connection %d: bad frame ignored: %s", conn.id, why)
+        with self._changed:
+            self._state.stats.bad_frames += 1
+            self._changed.notify_all()
+
+    def _on_message(self, conn: _Connection, packet: Packet) -> None:
+        assert packet.body is not None and packet.message_id is not None
+        message_id = packet.message_id
+        command: Command | Refusal = parse_content(packet.body.get("content"))
+        with self._changed:
+            outcome = self._state.handle_message(
+                conn.peer, conn.id, message_id, command, now=time.monotonic()
+            )
+            self._changed.notify_all()
+        logger.debug("connection %d: message %s -> %s", conn.id, message_id, outcome.ack)
+        self._ack(conn, outcome.ack)
+        for content in outcome.replies:
+            self._send_content(conn, content)
+        if outcome.request is not None:
+            self._respond(conn, outcome.request)
+
+    def _ack(self, conn: _Connection, body: dict[str, Any]) -> None:
+        faults = self.faults
+        if faults.drop_acks:
+            logger.debug("connection %d: ack dropped (fault): %s", conn.id, body)
+            return
+        frame = encode_frame(PacketType.ACK, body)
+        delay = faults.ack_delay
+        if delay > 0:
+            self._timer.call_later(delay, functools.partial(self._send_ack, conn, frame))
+        else:
+            self._send_ack(conn, frame)
+
+    # The counters of sent frames are raised before sending (and lowered again if the send
+    # fails), so that a client that has received a frame already sees it counted.
+
+    def _send_pong(self, conn: _Connection) -> None:
+        with self._changed:
+            self._state.stats.pings_answered += 1
+            self._changed.notify_all()
+        if not self._send(conn, encode_frame(PacketType.PONG)):
+            with self._changed:
+                self._state.stats.pings_answered -= 1
+                self._changed.notify_all()
+
+    def _send_ack(self, conn: _Connection, frame: str) -> None:
+        with self._changed:
+            self._state.stats.acks_sent += 1
+            self._changed.notify_all()
+        if not self._send(conn, frame):
+            with self._changed:
+                self._state.stats.acks_sent -= 1
+                self._changed.notify_all()
+
+    def _respond(self, conn: _Connection, request: Request) -> None:
+        try:
+            replies = self._responder(request)
+        except Exception:
+            logger.exception(
+                "responder failed on message %s (session %s)",
+                request.message_id,
+                request.session_id,
+            )
+            return
+        for content in _reply_contents(replies):
+            self._send_content(conn, content)
+
+    def _send_content(self, conn: _Connection, content: Mapping[str, Any]) -> str:
+        message_id = self._new_message_id()
+        body = {"messageId": message_id, "content": dict(content)}
+        self._send(conn, encode_frame(PacketType.MESSAGE, body))
+        return message_id
+
+    def _new_message_id(self) -> str:
+        return f"srv_{next(self._message_ids)}"
+
+    def _send(self, conn: _Connection, frame: str | bytes) -> bool:
+        """Send one frame; return ``False`` if the connection is already closed."""
+        try:
+            conn.ws.send(frame)
+        except ConnectionClosed:
+            logger.debug("connection %d: closed, not sent: %.200r", conn.id, frame)
+            return False
+        logger.debug("connection %d < %.200r", conn.id, frame)
+        return True
+
+    def _expire(self, session_id: str, token: int) -> None:
+        with self._changed:
+            forgotten = self._state.expire(session_id, token)
+            if forgotten:
+                self._changed.notify_all()
+        if forgotten:
+            logger.info("session %s forgotten after its grace period", session_id)
+
+    # --- observation ---------------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionSnapshot | None:
+        """Return a copy of what was recorded for *session_id*, or ``None`` if unknown."""
+        with self._lock:
+            return self._state.snapshot(session_id)
+
+    def session_ids(self) -> list[str]:
+        """Return the ids of the sessions the server knows, oldest first."""
+        with self._lock:
+            return list(self._state.sessions)
+
+    @property
+    def stats(self) -> ServerStats:
+        """A copy of the counters."""
+        with self._lock:
+            return attrs.evolve(self._state.stats)
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float | None) -> bool:
+        """Wait until *predicate()* is true, re-checking it after every state change.
+
+        Return its last truth value (``False`` on timeout).  *predicate* runs
+        with the state lock held: it may call :meth:`session` and
+        :attr:`stats`, and must not block or send.
+        """
+        with self._changed:
+            return bool(self._changed.wait_for(predicate, timeout))
+
+    def wait_for_connections(self, count: int, timeout: float | None) -> bool:
+        """Wait until at least *count* connections are open."""
+        return self.wait_for(lambda: self._state.stats.connections_open >= count, timeout)
+
+    # --- pushing and faults --------------------------------------------------------------
+
+    def _targets(self, session_id: str | None) -> list[_Connection]:
+        with self._lock:
+            if session_id is None:
+                return list(self._connections.values())
+            ids = self._state.connections_of(session_id)
+            return [conn for conn in self._connections.values() if conn.id in ids]
+
+    def send_event(self, body: Mapping[str, Any], session_id: str | None = None) -> int:
+        """Send ``7<body>`` to every connection, or to those bound to *session_id*.
+
+        Return how many connections it was sent to.
+        """
+        frame = encode_frame(PacketType.EVENT, body)
+        return sum(self._send(conn, frame) for conn in self._targets(session_id))
+
+    def send_message(self, content: Mapping[str, Any], session_id: str | None = None) -> str:
+        """Send a server ``5`` with *content* to every connection (or those bound to
+        *session_id*); return its ``messageId``."""
+        message_id = self._new_message_id()
+        frame = encode_frame(
+            PacketType.MESSAGE, {"messageId": message_id, "content": dict(content)}
+        )
+        for conn in self._targets(session_id):
+            self._send(conn, frame)
+        return message_id
+
+    def send_raw(self, frame: str | bytes) -> int:
+        """Send *frame* as is to every connection (bytes as a binary frame); return how many."""
+        return sum(self._send(conn, frame) for conn in self._targets(None))
+
+    def disconnect(self, reason: str) -> int:
+        """Send ``2{"reason": reason}`` to every connection, then close each; return how many.
+
+        Returns once the frames are sent: the closing handshakes go on in the background.
+        """
+        frame = encode_frame(PacketType.DISCONNECT, {"reason": reason})
+        conns = self._targets(None)
+        for conn in conns:
+            self._send(conn, frame)
+            closer = threading.Thread(
+                target=self._close_connection,
+                args=(conn,),
+                name=f"avatar-im-server-close-{conn.id}",
+            )
+            with self._lock:
+                self._closers.add(closer)
+            closer.start()
+        return len(conns)
+
+    def _close_connection(self, conn: _Connection) -> None:
+        try:
+            conn.ws.close()
+        finally:
+            with self._lock:
+                self._closers.discard(threading.current_thread())
+
+    def drop_connections(self) -> int:
+        """Cut every connection at TCP level, with no close frame; return how many."""
+        conns = self._targets(None)
+        for conn in conns:
+            _shutdown_socket(conn.ws.socket)
+            conn.ws.close_socket()
+        logger.info("dropped %d connection(s)", len(conns))
+        return len(conns)

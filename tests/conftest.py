@@ -1,0 +1,73 @@
+"""Shared fixtures: a reference server on loopback, client factories, thread-leak checks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from avatar_im import AvatarIM
+from avatar_im.server import ReferenceServer
+
+#: Every wait in the tests is a multiple of this (raise it on a slow machine).
+TIMEOUT = float(os.environ.get("AVATAR_IM_TEST_TIMEOUT", "5"))
+
+ClientFactory = Callable[..., AvatarIM]
+
+
+def client_threads() -> list[threading.Thread]:
+    """The client threads alive now (reader threads are named avatar-im-reader-N)."""
+    return [t for t in threading.enumerate() if t.name.startswith("avatar-im-")]
+
+
+@pytest.fixture(autouse=True)
+def no_client_thread_left() -> Iterator[None]:
+    """After every test, no client thread is left running."""
+    yield
+    leftover = client_threads()
+    for thread in leftover:
+        thread.join(TIMEOUT)
+    assert not [t for t in leftover if t.is_alive()], f"threads left: {leftover}"
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """A reference server on a free loopback port."""
+    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_client(server: ReferenceServer) -> Iterator[ClientFactory]:
+    """A factory of clients connected to `server`, all closed at the end of the test."""
+    clients: list[AvatarIM] = []
+
+    def factory(**kwargs: Any) -> AvatarIM:
+        options: dict[str, Any] = {
+            "token": "tok",
+            "app_id": "app",
+            "tenant_id": "ten",
+            "session_id": f"s{len(clients)}",
+            "url": server.url,
+        }
+        options.update(kwargs)
+        client = AvatarIM(**options)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def ready_client(make_client: ClientFactory) -> AvatarIM:
+    """A client with a ready session."""
+    client = make_client()
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    client.receive(TIMEOUT)  # the startResult
+    return client
