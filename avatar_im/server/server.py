@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http
 import itertools
 import logging
 import socket
@@ -72,6 +73,22 @@ JOIN_TIMEOUT = 0.5
 DEFAULT_MAX_SIZE = 16 * 2**20
 
 
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _refusal_status(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is None:
+        return
+    try:
+        valid = not isinstance(value, bool) and http.HTTPStatus(value) >= 300
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{attribute.name} must be an HTTP status from 300 to 599, got {value!r}")
+
+
 @attrs.define(kw_only=True)
 class Faults:
     """Faults to inject; change the fields at any time, from any thread.
@@ -79,10 +96,14 @@ class Faults:
     Each field is read when it applies (one attribute read, atomic in CPython).
     """
 
-    answer_heartbeats: bool = True  #: answer ``3`` with ``4``
-    ack_delay: float = 0.0  #: seconds to hold each ack back (the reading goes on meanwhile)
-    drop_acks: bool = False  #: send no ack at all (messages are still processed)
-    refuse_handshake: int | None = None  #: refuse every handshake with this HTTP status
+    #: Answer ``3`` with ``4``.
+    answer_heartbeats: bool = True
+    #: Seconds to hold each ack back; replies are not held, so they may come before their ack.
+    ack_delay: float = attrs.field(default=0.0, validator=_non_negative)
+    #: Send no ack at all (messages are still processed and answered).
+    drop_acks: bool = False
+    #: Refuse every handshake with this HTTP status (3xx to 5xx); ``None`` to accept.
+    refuse_handshake: int | None = attrs.field(default=None, validator=_refusal_status)
 
 
 @attrs.define(eq=False)
@@ -219,7 +240,7 @@ class ReferenceServer:
             self._phase = "stopped"
             self._stopped.set()
 
-    def restart(self, *, keep_state: bool = True) -> None:
+    def restart(self, keep_state: bool = True) -> None:
         """Drop every connection abruptly and listen again on the same port.
 
         With *keep_state* false, sessions and remembered message ids are
@@ -308,11 +329,12 @@ class ReferenceServer:
     def _close_listener(self) -> None:
         """Close the listening socket, shut every connection down, end their threads.
 
-        Needs ``_lifecycle``.
+        Needs ``_lifecycle``.  Does nothing if not listening (a restart failed to rebind).
         """
         assert self._lifecycle.locked()
         ws_server, accept_thread = self._ws_server, self._accept_thread
-        assert ws_server is not None and accept_thread is not None
+        if ws_server is None or accept_thread is None:
+            return
         with self._lock:
             self._accepting = False
             sockets = list(self._sockets)
@@ -564,7 +586,7 @@ class ReferenceServer:
 
         Return how many connections it was sent to.
         """
-        frame = encode_frame(PacketType.EVENT, body)
+        frame = encode_frame(PacketType.EVENT, dict(body))
         return sum(self._send(conn, frame) for conn in self._targets(session_id))
 
     def send_message(self, content: Mapping[str, Any], session_id: str | None = None) -> str:
