@@ -13,11 +13,14 @@ import base64
 import binascii
 import collections
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -144,6 +147,11 @@ class AvatarIM:
         receive_buffer: int = 1024,
         auto_connect: bool = True,
         id_factory: MessageIdFactory | None = None,
+        max_message_size: int | None = 16 * 2**20,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        verify_tls: bool = True,
+        proxy: str | None = None,
     ) -> None:
         for name, value in (("token", token), ("app_id", app_id), ("tenant_id", tenant_id)):
             _require_str(name, value)
@@ -170,6 +178,19 @@ class AvatarIM:
             if number < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {number}")
         self._send_timeout = _require_timeout("send_timeout", send_timeout)
+        if max_message_size is not None and (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or max_message_size < 1
+        ):
+            raise InvalidArgumentError("max_message_size must be a positive int or None")
+        transport_options = _transport_options(
+            ssl_context=ssl_context,
+            ca_file=ca_file,
+            verify_tls=verify_tls,
+            proxy=proxy,
+        )
+        transport_options["max_message_size"] = max_message_size
 
         self.app_id = app_id
         self.tenant_id = tenant_id
@@ -209,6 +230,7 @@ class AvatarIM:
             connect_timeout=connect_timeout_s,
             on_events=self._handle_events,
             on_state=self._handle_state,
+            transport_options=transport_options,
         )
         self._opened = False
         if auto_connect:
@@ -598,6 +620,51 @@ class AvatarIM:
             callback(argument)
         except Exception:
             logger.exception("callback %r raised; the client goes on", callback)
+
+
+def _transport_options(
+    *,
+    ssl_context: object,
+    ca_file: object,
+    verify_tls: object,
+    proxy: object,
+) -> dict[str, Any]:
+    """Turn the TLS and proxy arguments into websocket-client's connect options."""
+    options: dict[str, Any] = {}
+    sslopt: dict[str, Any] = {}
+    if ssl_context is not None:
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise InvalidArgumentTypeError("ssl_context must be an ssl.SSLContext")
+        if ca_file is not None:
+            raise InvalidArgumentError("pass ssl_context or ca_file, not both")
+        sslopt["context"] = ssl_context
+    if ca_file is not None:
+        if not isinstance(ca_file, (str, os.PathLike)):
+            raise InvalidArgumentTypeError("ca_file must be a path")
+        if not os.path.isfile(ca_file):
+            raise InvalidArgumentError(f"ca_file {os.fspath(ca_file)!r} is not a file")
+        sslopt["ca_certs"] = os.fspath(ca_file)
+    if not isinstance(verify_tls, bool):
+        raise InvalidArgumentTypeError("verify_tls must be a bool")
+    if not verify_tls:
+        if ssl_context is not None:
+            raise InvalidArgumentError("verify_tls=False conflicts with ssl_context: configure it")
+        logger.warning("TLS certificate verification is OFF: the connection can be intercepted")
+        sslopt.update(cert_reqs=ssl.CERT_NONE, check_hostname=False)
+    if sslopt:
+        options["sslopt"] = sslopt
+    if proxy is not None:
+        _require_str("proxy", proxy)
+        assert isinstance(proxy, str)
+        parts = urlsplit(proxy)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise InvalidArgumentError("proxy must look like http://[user:password@]host:port")
+        options.update(http_proxy_host=parts.hostname, http_proxy_port=parts.port)
+        options["proxy_type"] = "http"
+        if parts.username:
+            options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))
+    # Without proxy=..., websocket-client follows http_proxy / https_proxy / no_proxy.
+    return options
 
 
 def base64_encode(raw: bytes) -> str:

@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 from .backoff import ReconnectPolicy
 from .exceptions import (
     AuthenticationError,
+    CertificateError,
     ConnectionFailedError,
     HandshakeError,
     ServerClosedError,
 )
 from .protocol import ClientProtocol, DeadPeer, Event, ServerDisconnect
-from .transport import Transport, TransportClosed
+from .transport import FrameTooLarge, Transport, TransportClosed
 from .urls import redact_url
 
 __all__ = ["Connection", "ConnectionState"]
@@ -236,7 +237,10 @@ class Connection:
         attempt = 0
         try:
             while True:
-                transport = Transport(sslopt=self._transport_options.get("sslopt"))
+                transport = Transport(
+                    sslopt=self._transport_options.get("sslopt"),
+                    max_message_size=self._transport_options.get("max_message_size"),
+                )
                 with self._lock:
                     if self._stopping:
                         return
@@ -300,7 +304,11 @@ class Connection:
                 self._changed.notify_all()
 
     def _open(self, transport: Transport) -> None:
-        options = {k: v for k, v in self._transport_options.items() if k != "sslopt"}
+        options = {
+            k: v
+            for k, v in self._transport_options.items()
+            if k not in ("sslopt", "max_message_size")
+        }
         io_timeout = self.protocol.dead_after
         transport.open(self._url, timeout=self._connect_timeout, io_timeout=io_timeout, **options)
 
@@ -340,7 +348,9 @@ class Connection:
                 logger.debug("read ended: %s", exc)
                 return None
             with self._lock:
-                if data is not None:
+                if isinstance(data, FrameTooLarge):
+                    protocol.receive_discarded(data.size, str(data))
+                elif data is not None:
                     protocol.receive(data, monotonic())
                 protocol.tick(monotonic())
                 events = protocol.events_received()
@@ -358,7 +368,7 @@ class Connection:
 
 def _is_final(error: ConnectionFailedError) -> bool:
     """Errors after which reconnecting cannot help: bad credentials, a 4xx handshake."""
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, (AuthenticationError, CertificateError)):
         return True
     if isinstance(error, HandshakeError) and error.status is not None:
         return 400 <= error.status < 500 and error.status not in (408, 429)

@@ -12,6 +12,7 @@ may catch either (``except TimeoutError`` still works)::
     ├── ConnectionFailedError                the connection could not be (re)made
     │   ├── AuthenticationError              HTTP 401/403 at the handshake
     │   ├── HandshakeError                   any other refused handshake
+    │   ├── CertificateError                 the server's TLS certificate failed verification
     │   └── ServerClosedError                the server sent ``2`` with a final reason
     ├── SessionError
     │   ├── SessionNotStartedError           a session call before start / after stop
@@ -33,6 +34,7 @@ __all__ = [
     "AckTimeout",
     "AuthenticationError",
     "AvatarIMError",
+    "CertificateError",
     "ClientClosedError",
     "ConnectionFailedError",
     "DeliveryError",
@@ -92,6 +94,10 @@ class HandshakeError(ConnectionFailedError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CertificateError(ConnectionFailedError):
+    """The server's TLS certificate failed verification (pass ``ssl_context`` or ``ca_file``)."""
 
 
 class ServerClosedError(ConnectionFailedError):

@@ -446,6 +446,12 @@ class ClientProtocol:
         handler = self._handlers[packet.type]
         handler(self, packet, now)
 
+    def receive_discarded(self, size: int, reason: str) -> None:
+        """A message too large to keep was read and thrown away by the transport."""
+        self.counters.frames_received += 1
+        self.counters.garbage_frames += 1
+        self._events.append(GarbageReceived(ProtocolError(reason), size))
+
     def _on_accepted(self, packet: Packet, now: float) -> None:
         if self.heartbeat_interval is not None:
             self._ping_due = True

@@ -24,31 +24,112 @@ from typing import Any
 
 import websocket
 
-from .exceptions import AuthenticationError, ConnectionFailedError, HandshakeError
+from .exceptions import (
+    AuthenticationError,
+    CertificateError,
+    ConnectionFailedError,
+    HandshakeError,
+)
 from .urls import redact_url
 
-__all__ = ["Transport", "TransportClosed"]
+__all__ = ["FrameTooLarge", "Transport", "TransportClosed"]
 
 logger = logging.getLogger(__name__)
 
 _OP_TEXT = websocket.ABNF.OPCODE_TEXT
 _OP_BINARY = websocket.ABNF.OPCODE_BINARY
 _OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
+_OP_CONT = websocket.ABNF.OPCODE_CONT
 
 
 class TransportClosed(ConnectionFailedError):
     """The connection is gone (closed by either side, reset, or aborted)."""
 
 
+class FrameTooLarge(websocket.WebSocketException):  # type: ignore[misc,unused-ignore]
+    """An inbound message exceeded the size limit; it was read and thrown away."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"inbound message of {size} bytes exceeds the {limit}-byte limit")
+        self.size = size
+
+
+_DISCARD_CHUNK = 65536
+
+
+class _BoundedFrameBuffer(websocket._abnf.frame_buffer):  # type: ignore[misc,unused-ignore]
+    """websocket-client's frame reader, refusing frames longer than a limit.
+
+    The payload of a frame over the limit is read in 64 KiB pieces and thrown
+    away, so memory stays bounded and the stream stays in sync.
+    """
+
+    def __init__(self, recv: Any, skip_utf8_validation: bool, limit: int) -> None:
+        super().__init__(recv, skip_utf8_validation)
+        self._limit = limit
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        length = self.length
+        if length is None or length <= self._limit:
+            return
+        remaining = length + (4 if self.has_mask() else 0)
+        buffered = sum(len(b) for b in self.recv_buffer)
+        self.recv_buffer = []
+        remaining -= buffered
+        while remaining > 0:
+            piece = self.recv(min(_DISCARD_CHUNK, remaining))
+            if not piece:
+                raise websocket.WebSocketConnectionClosedException("closed mid-frame")
+            remaining -= len(piece)
+        self.clear()
+        raise FrameTooLarge(length, self._limit)
+
+
+class _BoundedContinuation(websocket._abnf.continuous_frame):  # type: ignore[misc,unused-ignore]
+    """websocket-client's reassembly of fragmented messages, with a total size limit."""
+
+    def __init__(self, skip_utf8_validation: bool, limit: int) -> None:
+        super().__init__(False, skip_utf8_validation)
+        self._limit = limit
+        self._dropped = 0  # > 0 while throwing away the rest of a too-large message
+
+    def add(self, frame: Any) -> None:
+        if self._dropped:
+            self._dropped += len(frame.data)
+            if frame.fin:
+                size, self._dropped = self._dropped, 0
+                self.recving_frames = None
+                raise FrameTooLarge(size, self._limit)
+            return
+        held = len(self.cont_data[1]) if self.cont_data else 0
+        if held + len(frame.data) > self._limit:
+            self.cont_data = None
+            if frame.fin:
+                self.recving_frames = None
+                raise FrameTooLarge(held + len(frame.data), self._limit)
+            self._dropped = held + len(frame.data)
+            self.recving_frames = frame.opcode if frame.opcode != _OP_CONT else self.recving_frames
+            return
+        super().add(frame)
+
+    def is_fire(self, frame: Any) -> bool:
+        return bool(frame.fin) and not self._dropped
+
+
 class Transport:
     """A WebSocket connection: open it, read frames, write batches, abort it."""
 
-    def __init__(self, *, sslopt: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, *, sslopt: dict[str, Any] | None = None, max_message_size: int | None = None
+    ) -> None:
         # skip_utf8_validation: we decode text ourselves so bad UTF-8 is a
         # counted garbage frame, not a dead connection.
-        self._ws = websocket.WebSocket(
-            enable_multithread=True, skip_utf8_validation=True, sslopt=sslopt
-        )
+        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True, sslopt=sslopt)
+        if max_message_size is not None:
+            ws.frame_buffer = _BoundedFrameBuffer(ws._recv, True, max_message_size)
+            ws.cont_frame = _BoundedContinuation(True, max_message_size)
+        self._ws = ws
         self._aborted = False
 
     # ------------------------------------------------------------ lifecycle
@@ -73,6 +154,10 @@ class Transport:
                 ) from None
             raise HandshakeError(
                 f"{shown}: the server refused the handshake (HTTP {status})", status=status
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(
+                f"{shown}: the server's certificate failed verification: {exc.verify_message}"
             ) from None
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             # The message of websocket-client's errors can hold the URL: do not repeat it.
@@ -130,14 +215,18 @@ class Transport:
             raise TransportClosed("the connection is closed") from exc
         return bool(readable)
 
-    def recv(self) -> str | bytes | None:
+    def recv(self) -> str | bytes | FrameTooLarge | None:
         """Read one whole data frame: ``str`` for text (bytes if not UTF-8), ``bytes`` for binary.
 
         Returns ``None`` for control frames (pings are answered by
-        ``websocket-client``).  Raises :class:`TransportClosed` at the end.
+        ``websocket-client``) and a :class:`FrameTooLarge` for a message over
+        the size limit (already thrown away).  Raises :class:`TransportClosed`
+        at the end of the connection.
         """
         try:
             opcode, data = self._ws.recv_data(control_frame=True)
+        except FrameTooLarge as exc:
+            return exc
         except (websocket.WebSocketException, OSError, AttributeError, ValueError) as exc:
             raise TransportClosed(f"connection lost ({type(exc).__name__})") from exc
         if opcode == _OP_TEXT:

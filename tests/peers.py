@@ -156,3 +156,92 @@ class PausableProxy:
                 a.close()
                 b.close()
         self._listener.close()
+
+
+class ConnectProxy:
+    """A minimal loopback HTTP CONNECT proxy that records the targets it tunnelled to."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self.targets: list[str] = []
+        self.authorizations: list[str | None] = []
+        thread = threading.Thread(target=self._accept, name="connect-proxy")
+        self._threads.append(thread)
+        thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._sockets.append(client)
+            thread = threading.Thread(target=self._tunnel, args=(client,), name="connect-proxy")
+            self._threads.append(thread)
+            thread.start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        client.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        auth = next(
+            (
+                v
+                for k, _, v in (h.partition(": ") for h in lines[1:])
+                if k.lower() == "proxy-authorization"
+            ),
+            None,
+        )
+        self.authorizations.append(auth)
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)), timeout=5)
+        self._sockets.append(upstream)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        back = threading.Thread(target=self._pump, args=(upstream, client), name="connect-proxy")
+        self._threads.append(back)
+        back.start()
+        self._pump(client, upstream)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        for sock in self._sockets:
+            sock.close()
+        self._listener.close()
