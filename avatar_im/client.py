@@ -31,6 +31,7 @@ from .exceptions import (
     AckTimeout,
     AvatarIMError,
     ClientClosedError,
+    ConnectTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     OutboxFullError,
@@ -254,8 +255,7 @@ class AvatarIM:
         if connection.state is ConnectionState.CLOSED:
             with connection.lock:
                 protocol = connection.protocol
-                protocol.closed = False
-                protocol.session_state = SessionState.IDLE
+                protocol.reopen()
             self.session_ready.clear()
             connection.start()
             self._opened = True
@@ -271,7 +271,7 @@ class AvatarIM:
             if connection.protocol.connected:
                 return
         self._raise_if_closed()
-        raise SessionReadyTimeout(f"not connected after {timeout}s")
+        raise ConnectTimeout(f"not connected after {timeout}s")
 
     def close(self) -> None:
         """Close the connection; returns within about a second and leaves no thread running.
@@ -395,7 +395,7 @@ class AvatarIM:
         """Send ``refreshContext`` with the given (validated) session options."""
         fields = refresh_fields(options)
         content = {"type": "refreshContext", "sessionId": self.session_id, **fields}
-        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+        return self._submit_message(content, session=True)
 
     # ----------------------------------------------------------------- sends
 
@@ -407,7 +407,7 @@ class AvatarIM:
         except UnicodeEncodeError as exc:
             raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
         content = {"type": "dataSend", "sessionId": self.session_id, "text": text}
-        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+        return self._submit_message(content, session=True)
 
     def send_audio(self, data: bytes | None = None, *, base64: str | None = None) -> str:
         """Send one audio chunk: raw PCM *data*, or a *base64* string; returns the message id.
@@ -416,13 +416,13 @@ class AvatarIM:
         """
         audio = self._audio_base64(data, base64)
         content = {"type": "dataSend", "sessionId": self.session_id, "audio": audio}
-        return self._submit(lambda p, now_ms: p.session_message(content, now_ms))
+        return self._submit_message(content, session=True)
 
     def send_message(self, content: Any) -> str:
         """Send *content* wrapped in the business envelope; returns the message id."""
         if content is None:
             raise InvalidArgumentError("content must not be None")
-        return self._submit(lambda p, now_ms: p.send_message(content, now_ms))
+        return self._submit_message(content, session=False)
 
     def send(self, frame: str) -> str | None:
         """Send a raw frame string as it is; returns its ``messageId`` if it is a ``5`` frame."""
@@ -453,6 +453,14 @@ class AvatarIM:
         options = self._connection.protocol.session_options
         if (options is None or options.format == "pcm") and len(raw) % 2:
             raise InvalidArgumentError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
+
+    def _submit_message(self, content: Any, *, session: bool) -> str:
+        """Encode *content* off the lock, then queue it (as session data if *session*)."""
+        protocol = self._connection.protocol
+        prepared = protocol.prepare(content, time.time_ns() // 1_000_000)
+        if session:
+            return self._submit(lambda p, _: p.session_message(prepared))
+        return self._submit(lambda p, _: p.send_message(prepared))
 
     def _submit(self, command: Callable[[ClientProtocol, int], T_id]) -> T_id:
         """Run a send *command* on the protocol, waiting for outbox room if configured."""

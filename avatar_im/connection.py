@@ -120,14 +120,6 @@ class Connection:
         self._on_state(ConnectionState.CONNECTING)
         reader.start()
 
-    def call(self, fn: Callable[[ClientProtocol], T]) -> T:
-        """Run *fn* on the protocol under the lock, then write what it produced."""
-        with self._lock:
-            result = fn(self.protocol)
-            self._changed.notify_all()
-        self.flush()
-        return result
-
     def wait_for(self, predicate: Callable[[ClientProtocol], bool], timeout: float | None) -> bool:
         """Wait until *predicate(protocol)* holds, the connection closes, or *timeout* passes.
 

@@ -6,13 +6,15 @@ may catch either (``except TimeoutError`` still works)::
 
     AvatarIMError
     ├── InvalidArgumentError (ValueError)    bad input at the call site
-    │   └── InvalidArgumentTypeError (TypeError)
+    │   ├── InvalidArgumentTypeError (TypeError)
+    │   └── AudioFormatError                 audio that is not, or cannot become, the session's
     ├── ProtocolError (ValueError)           a frame that breaks the wire protocol
     ├── ClientClosedError                    the client was closed (by you or for good)
     ├── ConnectionFailedError                the connection could not be (re)made
     │   ├── AuthenticationError              HTTP 401/403 at the handshake
     │   ├── HandshakeError                   any other refused handshake
     │   ├── CertificateError                 the server's TLS certificate failed verification
+    │   ├── ConnectTimeout (TimeoutError)    not connected within the wait's timeout
     │   └── ServerClosedError                the server sent ``2`` with a final reason
     ├── SessionError
     │   ├── SessionNotStartedError           a session call before start / after stop
@@ -22,7 +24,9 @@ may catch either (``except TimeoutError`` still works)::
     │   ├── AckError                         the server acked a message with ``error``
     │   └── AckTimeout (TimeoutError)
     ├── OutboxFullError                      the outbox stayed full past the timeout
-    └── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
+    ├── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
+    ├── AudioStreamError                     an audio stream failed after sending some chunks
+    └── AudioDeviceError                     the microphone could not be opened or went silent
 
 This module must never import anything but the standard library.
 """
@@ -32,10 +36,14 @@ from __future__ import annotations
 __all__ = [
     "AckError",
     "AckTimeout",
+    "AudioDeviceError",
+    "AudioFormatError",
+    "AudioStreamError",
     "AuthenticationError",
     "AvatarIMError",
     "CertificateError",
     "ClientClosedError",
+    "ConnectTimeout",
     "ConnectionFailedError",
     "DeliveryError",
     "HandshakeError",
@@ -100,6 +108,10 @@ class CertificateError(ConnectionFailedError):
     """The server's TLS certificate failed verification (pass ``ssl_context`` or ``ca_file``)."""
 
 
+class ConnectTimeout(ConnectionFailedError, TimeoutError):
+    """``connect(timeout)`` or ``wait_connected(timeout)`` ran out of time (retries go on)."""
+
+
 class ServerClosedError(ConnectionFailedError):
     """The server ended the connection for good with packet ``2`` and :attr:`reason`."""
 
@@ -151,3 +163,29 @@ class OutboxFullError(AvatarIMError):
 
 class ReceiveTimeout(AvatarIMError, TimeoutError):
     """The pull API waited its timeout and nothing arrived."""
+
+
+class AudioFormatError(InvalidArgumentError):
+    """Audio that is not in, and cannot be converted to, the session's format.
+
+    Odd-length 16-bit PCM, a file that is not audio, an array of the wrong
+    dtype or shape, or a WAV of another rate, width or channel count when the
+    ``audio`` extra (which converts it) is not installed: the message names
+    the mismatch.
+    """
+
+
+class AudioStreamError(AvatarIMError):
+    """An audio stream ended with an error after :attr:`chunks_sent` chunks were sent.
+
+    :attr:`message_ids` are the ids of those chunks; ``__cause__`` is the error.
+    """
+
+    def __init__(self, message: str, *, chunks_sent: int, message_ids: list[str]) -> None:
+        super().__init__(message)
+        self.chunks_sent = chunks_sent
+        self.message_ids = message_ids
+
+
+class AudioDeviceError(AvatarIMError):
+    """The microphone could not be opened (no ``sounddevice``, no PortAudio) or sent nothing."""

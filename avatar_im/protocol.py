@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -166,6 +166,10 @@ Event = (
 )
 
 
+#: A message ready to queue: its id and its ``5`` frame (see :meth:`ClientProtocol.prepare`).
+Prepared = tuple[str, str]
+
+
 @attrs.define(slots=True)
 class _Outgoing:
     """One entry of the outbox."""
@@ -270,9 +274,20 @@ class ClientProtocol:
             self._restart_session(())
 
     def close(self) -> None:
-        """The client is closed for good; later commands raise."""
+        """The client is closed; later commands raise.  The outbox is kept for inspection."""
         self.closed = True
         self.connected = False
+
+    def reopen(self) -> None:
+        """Start afresh after :meth:`close`: no session, an empty outbox."""
+        self.closed = False
+        self.session_state = SessionState.IDLE
+        self.session_options = None
+        self.start_error = None
+        self._gate_closed = False
+        self._start_id = None
+        self._outbox.clear()
+        self._to_write.clear()
 
     # -------------------------------------------------------------- commands
 
@@ -303,7 +318,8 @@ class ClientProtocol:
         self._check_open()
         content: dict[str, Any] = {"type": "start", "sessionId": self.session_id}
         content.update(options.to_wire())
-        message_id = self._enqueue(content, now_ms, gated=False, is_start=True)
+        self._last_ms = now_ms
+        message_id = self._enqueue(self.prepare(content, now_ms), gated=False, is_start=True)
         self._start_content = content
         self.session_state = SessionState.STARTING
         self.session_options = options
@@ -315,19 +331,33 @@ class ClientProtocol:
     def stop_session(self, now_ms: int) -> str:
         """Queue a ``stop``; the session refuses further data at once."""
         self._check_session()
-        message_id = self._enqueue({"type": "stop", "sessionId": self.session_id}, now_ms)
+        stop = {"type": "stop", "sessionId": self.session_id}
+        message_id = self._enqueue(self.prepare(stop, now_ms))
         self.session_state = SessionState.STOPPED
         return message_id
 
-    def session_message(self, content: Mapping[str, Any], now_ms: int) -> str:
-        """Queue session *content* (``dataSend``, ``refreshContext``); needs a started session."""
-        self._check_session()
-        return self._enqueue(content, now_ms)
+    def prepare(self, content: Any, now_ms: int) -> Prepared:
+        """Give *content* an id and encode its ``5`` frame, ready for a queue method.
 
-    def send_message(self, content: Any, now_ms: int) -> str:
-        """Queue any *content* in the envelope (the original's ``sendMessage``)."""
+        Reads no mutable state, so unlike every other method it may be called
+        without the caller's lock: the costly encoding stays off the lock.
+        Raises :class:`InvalidArgumentError` for content JSON cannot encode.
+        """
+        message_id = self._ids.new(now_ms)
+        try:
+            return message_id, packets.encode_envelope(message_id, self.app_id, content)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidArgumentError(f"content cannot be encoded as JSON: {exc}") from exc
+
+    def session_message(self, prepared: Prepared) -> str:
+        """Queue a prepared session message (``dataSend``, ``refreshContext``); needs a session."""
+        self._check_session()
+        return self._enqueue(prepared)
+
+    def send_message(self, prepared: Prepared) -> str:
+        """Queue a prepared message of any content (the original's ``sendMessage``)."""
         self._check_open()
-        return self._enqueue(content, now_ms, gated=self._gate_closed)
+        return self._enqueue(prepared, gated=self._gate_closed)
 
     def send_raw(self, frame: str) -> str | None:
         """Queue a raw frame; a ``5`` frame with a ``messageId`` is tracked like any message."""
@@ -364,15 +394,8 @@ class ClientProtocol:
             )
         self._check_open()
 
-    def _enqueue(
-        self, content: Any, now_ms: int, *, gated: bool = True, is_start: bool = False
-    ) -> str:
-        self._last_ms = now_ms
-        message_id = self._ids.new(now_ms)
-        try:
-            frame = packets.encode_envelope(message_id, self.app_id, content)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"content cannot be encoded as JSON: {exc}") from exc
+    def _enqueue(self, prepared: Prepared, *, gated: bool = True, is_start: bool = False) -> str:
+        message_id, frame = prepared
         self._add(message_id, _Outgoing(frame, tracked=True, gated=gated, is_start=is_start))
         return message_id
 

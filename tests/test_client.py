@@ -16,6 +16,7 @@ from avatar_im import (
     AvatarIM,
     ClientClosedError,
     ConnectionState,
+    ConnectTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     ReceiveTimeout,
@@ -318,7 +319,7 @@ def test_close_during_handshake_that_never_completes() -> None:
         client = AvatarIM(
             token="t", app_id="a", tenant_id="b", session_id="s", url=url, connect_timeout=30
         )
-        with pytest.raises(SessionReadyTimeout):
+        with pytest.raises(ConnectTimeout):
             client.wait_connected(0.2)
         started = time.monotonic()
         client.close()
@@ -384,3 +385,31 @@ def test_callback_that_raises_and_callback_that_closes(make_client: ClientFactor
     assert closed.wait(TIMEOUT)
     assert calls == ["startResult", "textReply"]
     assert client.closed
+
+
+def test_connect_after_close_reopens(server: ReferenceServer, make_client: ClientFactory) -> None:
+    """connect() on a closed client opens a fresh connection with no session and no outbox."""
+    client = make_client()
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    client.close()
+    client.connect(timeout=TIMEOUT)
+    assert client.state is ConnectionState.OPEN
+    assert client.session_state is SessionState.IDLE and client.stats.outbox == 0
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    client.wait_ack(client.send_text("again"), TIMEOUT)
+    assert server.session("s0").texts == ["again"]
+
+
+def test_wait_ack_on_a_message_left_at_close_raises(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A message still unacked when the client closes makes wait_ack raise, never succeed."""
+    server.faults.drop_acks = True
+    client = make_client()
+    mid = client.send_message({"kind": "never acked"})
+    assert server.wait_for(lambda: server.stats.messages_refused >= 1, TIMEOUT)
+    client.close()
+    with pytest.raises(ClientClosedError):
+        client.wait_ack(mid, TIMEOUT)

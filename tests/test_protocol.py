@@ -58,8 +58,8 @@ def test_sends_before_ready_are_held_in_order_then_released() -> None:
     """Data sent while the start is pending waits, then leaves in order after startResult."""
     p = make()
     start = p.start_session(SessionOptions(), 1)
-    a = p.session_message({"type": "dataSend", "sessionId": "s", "text": "a"}, 1)
-    b = p.send_message({"custom": 1}, 1)
+    a = p.session_message(p.prepare({"type": "dataSend", "sessionId": "s", "text": "a"}, 1))
+    b = p.send_message(p.prepare({"custom": 1}, 1))
     assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [start]
     assert p.data_to_send() == []
     p.receive(start_result(), 0.1)
@@ -72,11 +72,11 @@ def test_session_calls_need_a_session() -> None:
     """Text before start or after stop raises SessionNotStartedError."""
     p = make()
     with pytest.raises(SessionNotStartedError):
-        p.session_message({}, 1)
+        p.session_message(p.prepare({}, 1))
     p.start_session(SessionOptions(), 1)
     p.stop_session(1)
     with pytest.raises(SessionNotStartedError):
-        p.session_message({}, 1)
+        p.session_message(p.prepare({}, 1))
 
 
 def test_unacked_messages_are_resent_in_order_after_reconnect() -> None:
@@ -84,13 +84,13 @@ def test_unacked_messages_are_resent_in_order_after_reconnect() -> None:
     p = make()
     p.start_session(SessionOptions(), 1)
     p.receive(start_result(), 0)
-    ids = [p.session_message({"n": i}, 1) for i in range(5)]
+    ids = [p.session_message(p.prepare({"n": i}, 1)) for i in range(5)]
     first = p.data_to_send()
     assert len(first) == 6
     p.receive(ack(ids[1]), 0)
     p.connection_lost()
     assert p.data_to_send() == []
-    late = p.session_message({"n": 5}, 1)
+    late = p.session_message(p.prepare({"n": 5}, 1))
     p.connection_made(1.0)
     again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
     assert again[1:] == [ids[0], *ids[2:], late]
@@ -99,7 +99,7 @@ def test_unacked_messages_are_resent_in_order_after_reconnect() -> None:
 def test_ack_removes_from_outbox_and_error_is_reported() -> None:
     """An ack clears the message; an ack with error is reported and remembered."""
     p = make()
-    mid = p.send_message({"x": 1}, 1)
+    mid = p.send_message(p.prepare({"x": 1}, 1))
     p.data_to_send()
     p.receive(ack(mid, error="BAD"), 0)
     assert not p.is_pending(mid) and p.refusal(mid) == "BAD"
@@ -110,13 +110,13 @@ def test_refused_start_fails_session_and_queued_messages() -> None:
     """A start acked with an error fails the session and everything queued behind it."""
     p = make()
     start = p.start_session(SessionOptions(), 1)
-    queued = p.session_message({"text": "x"}, 1)
+    queued = p.session_message(p.prepare({"text": "x"}, 1))
     p.data_to_send()
     p.receive(ack(start, error="FORBIDDEN"), 0)
     assert p.session_state is SessionState.FAILED
     assert p.refusal(queued) is not None and p.outbox_size == 0
     with pytest.raises(SessionStartError):
-        p.session_message({}, 1)
+        p.session_message(p.prepare({}, 1))
 
 
 def test_inbound_duplicates_dropped() -> None:
@@ -175,7 +175,7 @@ def test_events_are_passed_on() -> None:
 def test_without_acks_delivered_on_write() -> None:
     """With require_acks=False a message leaves the outbox when written."""
     p = make(require_acks=False)
-    mid = p.send_message({"x": 1}, 1)
+    mid = p.send_message(p.prepare({"x": 1}, 1))
     assert p.is_pending(mid)
     p.data_to_send()
     assert not p.is_pending(mid)
@@ -184,10 +184,10 @@ def test_without_acks_delivered_on_write() -> None:
 def test_outbox_bound_and_closed() -> None:
     """A full outbox and a closed protocol refuse new messages with typed errors."""
     p = make(max_outbox=2)
-    p.send_message(1, 1)
-    p.send_message(2, 1)
+    p.send_message(p.prepare(1, 1))
+    p.send_message(p.prepare(2, 1))
     with pytest.raises(OutboxFullError):
-        p.send_message(3, 1)
+        p.send_message(p.prepare(3, 1))
     p.close()
     with pytest.raises(ClientClosedError):
         p.send_raw("3")
@@ -209,7 +209,7 @@ def test_session_gone_after_reconnect_is_started_again_in_order() -> None:
     p.receive(start_result("r1"), 0)
     p.data_to_send()
     p.events_received()
-    ids = [p.session_message({"n": i}, 1) for i in range(3)]
+    ids = [p.session_message(p.prepare({"n": i}, 1)) for i in range(3)]
     assert len(p.data_to_send()) == 3
     p.receive(ack(ids[0], error="SESSION_NOT_FOUND"), 0)
     p.receive(ack(ids[1], error="SESSION_NOT_FOUND"), 0)  # in flight before the restart
