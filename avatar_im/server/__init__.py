@@ -3,7 +3,8 @@
 :class:`ReferenceServer` speaks the wire protocol of ``avatar_im.packets`` on
 a real WebSocket, records what it processes, and lets tests push frames and
 inject faults.  See :mod:`avatar_im.server.state` for its rules and ack
-errors, :mod:`avatar_im.server.responder` for what it answers to ``dataSend``.
+errors, :mod:`avatar_im.server.responder` for what it answers to ``dataSend``,
+and :mod:`avatar_im.server.server` for TLS, limits and allow-lists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from .state import (
     ACK_ERRORS,
     BAD_CONTENT,
     FORBIDDEN,
+    RATE_LIMITED,
     SESSION_NOT_FOUND,
+    TOO_MANY_SESSIONS,
     Credentials,
     ServerStats,
     SessionSnapshot,
@@ -24,7 +27,9 @@ __all__ = [
     "ACK_ERRORS",
     "BAD_CONTENT",
     "FORBIDDEN",
+    "RATE_LIMITED",
     "SESSION_NOT_FOUND",
+    "TOO_MANY_SESSIONS",
     "Credentials",
     "Faults",
     "ReferenceServer",

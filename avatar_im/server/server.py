@@ -18,6 +18,27 @@ Threads (all of them are ended by :meth:`ReferenceServer.stop`):
 Locks: ``_lock`` guards all the server's state (one lock; see its comment);
 ``_lifecycle`` serialises start, stop and restart.  No frame is sent and no
 responder is called with ``_lock`` held.
+
+Safety (for a server that users run on their machines):
+
+* TLS: with an ``ssl_context`` the server speaks ``wss://`` only.
+* Limits, each answered rather than left to grow: a received frame larger than
+  ``max_size`` closes its connection with code 1009 (message too big); a
+  handshake beyond ``max_connections`` open (or opening) connections is
+  refused with HTTP 503, which clients retry with backoff; a ``start`` beyond
+  ``max_sessions`` known sessions is acked with ``TOO_MANY_SESSIONS``; with a
+  ``rate_limit``, a ``5`` over it is acked with ``RATE_LIMITED`` and a
+  connection that goes on flooding gets ``2{"reason":"CONNECTION_KICK_OUT"}``
+  and is closed (see :mod:`.state`).  The per-session records are unbounded
+  unless ``record_limit`` is given: tests want everything.
+* Allow-lists: ``credentials`` pins each token to its (app, tenant) pairs,
+  ``allowed_sessions`` the session ids; a connection never acts on, nor
+  receives pushes or replies of, a session of another app or tenant.
+* Secrets: the token is never logged.  ``websockets`` logs the request path,
+  ``?t=<token>`` included, at DEBUG: it is given its own logger,
+  ``avatar_im.server.websockets``, whose filter rewrites every record through
+  :func:`~avatar_im.urls.redact_url`.  ``repr()`` of :class:`.state.Peer` and
+  :class:`.state.Credentials` leaves the token out.
 """
 
 from __future__ import annotations
@@ -28,6 +49,7 @@ import http
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +67,7 @@ from ..packets import Packet, PacketType, decode_frame, encode_frame
 from ..urls import redact_url
 from .responder import Replies, Request, Responder, default_responder
 from .state import (
+    Admission,
     Command,
     Credentials,
     HandshakeRefusal,
@@ -71,6 +94,35 @@ OPEN_TIMEOUT = 10.0
 JOIN_TIMEOUT = 0.5
 #: The default limit on the size of a received frame.
 DEFAULT_MAX_SIZE = 16 * 2**20
+#: The default limit on the number of sessions known at once.
+DEFAULT_MAX_SESSIONS = 1000
+#: The default limit on the number of open (or opening) connections.
+DEFAULT_MAX_CONNECTIONS = 1000
+#: The default burst of the per-connection rate limit.
+DEFAULT_RATE_BURST = 100
+
+
+class _RedactTokens(logging.Filter):
+    """Rewrite each record's message, and its exception text, with URL tokens as ``t=***``."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format arguments: keep the raw text, redacted
+            message = str(record.msg)
+        record.msg = redact_url(message)
+        record.args = None
+        if record.exc_info is not None and record.exc_text is None:
+            record.exc_text = redact_url(self._formatter.formatException(record.exc_info))
+        return True
+
+
+# The logger given to websockets, which logs request paths, tokens included, at DEBUG.  Its
+# filter runs for every record logged through it, before any handler sees the record.
+_websockets_logger = logging.getLogger("avatar_im.server.websockets")
+_websockets_logger.addFilter(_RedactTokens())
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -150,7 +202,18 @@ class ReferenceServer:
     no connection are forgotten after *session_grace* seconds (``None``:
     never).  A connection with no client frame for *idle_timeout* seconds gets
     ``2{"reason":"HEARTBEAT_TIMEOUT"}`` and is closed (``None``: never).
-    *max_size* limits the size of a received frame.
+
+    Security and limits (see the module docstring; ``None`` turns a limit off):
+    *ssl_context* (a server-side :class:`ssl.SSLContext` with a certificate
+    loaded) serves ``wss://``.  *allowed_sessions* lists the session ids
+    clients may use (``None``: any); others get ``FORBIDDEN``.  *max_size*
+    limits the size of a received frame (bigger: close code 1009).
+    *max_connections* limits open connections (beyond: HTTP 503).
+    *max_sessions* limits known sessions (beyond: ``TOO_MANY_SESSIONS``).
+    *rate_limit* frames per second per connection, with bursts of
+    *rate_burst* (beyond: ``RATE_LIMITED``, then ``CONNECTION_KICK_OUT``).
+    *record_limit* keeps only the last so many messages, texts and audio
+    chunks per session (``None``, the default: everything, for tests).
     """
 
     def __init__(
@@ -162,7 +225,14 @@ class ReferenceServer:
         responder: Responder | None = None,
         session_grace: float | None = 60.0,
         idle_timeout: float | None = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        allowed_sessions: Iterable[str] | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+        rate_limit: float | None = None,
+        rate_burst: int = DEFAULT_RATE_BURST,
+        record_limit: int | None = None,
     ) -> None:
         if session_grace is not None and session_grace < 0:
             raise ValueError(f"session_grace must be >= 0 or None, got {session_grace!r}")
@@ -170,6 +240,10 @@ class ReferenceServer:
             raise ValueError(f"idle_timeout must be > 0 or None, got {idle_timeout!r}")
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size!r}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1 or None, got {max_connections!r}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
         self._host = host
         self._port = port
         self._credentials = credential_table(credentials)
@@ -177,16 +251,27 @@ class ReferenceServer:
         self._session_grace = session_grace
         self._idle_timeout = idle_timeout
         self._max_size = max_size
+        self._max_connections = max_connections
+        self._ssl_context = ssl_context
         self.faults = Faults()
 
         # The one lock around the server's state: _state (sessions, ids, counters),
-        # _connections, _sockets, _accepting and _closers.  Reentrant so that wait_for()
+        # _connections, _opening, _sockets, _accepting and _closers.  Reentrant so that wait_for()
         # predicates, which run with it held, may call session() and stats.
         self._lock = threading.RLock()
         # Notified (with _lock) after every change of that state; wait_for() waits on it.
         self._changed = threading.Condition(self._lock)
-        self._state = ServerState()
+        self._state = ServerState(
+            allowed_sessions=allowed_sessions,
+            max_sessions=max_sessions,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            record_limit=record_limit,
+        )
         self._connections: dict[int, _Connection] = {}
+        # Sockets whose handshake was accepted but whose connection is not registered yet:
+        # they count against max_connections, so that concurrent handshakes cannot exceed it.
+        self._opening: set[socket.socket] = set()
         # Every accepted TCP socket, from accept to close, handshake included: stop() and
         # restart() shut them all down so that no handler thread outlives them.
         self._sockets: set[socket.socket] = set()
@@ -289,9 +374,10 @@ class ReferenceServer:
 
     @property
     def url(self) -> str:
-        """``ws://<host>:<port>/ws``; add ``?t=...&app=...&tenant=...`` to connect."""
+        """``ws://<host>:<port>/ws`` (``wss://`` with TLS); add ``?t=...&app=...&tenant=...``."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"ws://{host}:{self._port}/ws"
+        scheme = "ws" if self._ssl_context is None else "wss"
+        return f"{scheme}://{host}:{self._port}/ws"
 
     def _listen(self, port: int) -> None:
         """Bind *port* and start the accept thread.  Needs ``_lifecycle``."""
@@ -303,18 +389,21 @@ class ReferenceServer:
             ws_server = serve(
                 self._serve_connection,
                 sock=sock,
+                ssl=self._ssl_context,
                 process_request=self._process_request,
                 compression=None,
                 open_timeout=OPEN_TIMEOUT,
                 ping_interval=None,
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=self._max_size,
+                logger=_websockets_logger,
             )
         except BaseException:
             sock.close()
             raise
         ws_server.handler = functools.partial(self._track_socket, ws_server.handler)
-        self._port = sock.getsockname()[1]
+        # With TLS, serve() wrapped (and detached) sock: ask the socket it listens on.
+        self._port = ws_server.socket.getsockname()[1]
         with self._lock:
             self._accepting = True
         self._ws_server = ws_server
@@ -360,6 +449,7 @@ class ReferenceServer:
         finally:
             with self._lock:
                 self._sockets.discard(sock)
+                self._opening.discard(sock)
 
     # --- handshake and connection --------------------------------------------------------
 
@@ -371,13 +461,21 @@ class ReferenceServer:
             )
         else:
             result = authorize(request.path, self._credentials)
-        if isinstance(result, Peer):
-            return None
         with self._changed:
+            if isinstance(result, Peer):
+                if self._has_room():
+                    self._opening.add(ws.socket)
+                    return None
+                result = HandshakeRefusal(503, "Too many connections: try again later.\n")
             self._state.stats.handshakes_refused += 1
             self._changed.notify_all()
         logger.info("refusing handshake for %s: HTTP %d", redact_url(request.path), result.status)
         return ws.respond(result.status, result.text)
+
+    def _has_room(self) -> bool:
+        """Whether one more connection fits under max_connections.  Needs ``_lock``."""
+        limit = self._max_connections
+        return limit is None or len(self._connections) + len(self._opening) < limit
 
     def _serve_connection(self, ws: ServerConnection) -> None:
         """Run one connection on its handler thread, from ``1`` to the close."""
@@ -386,6 +484,7 @@ class ReferenceServer:
         assert isinstance(peer, Peer)  # _process_request refused anything else
         with self._changed:
             conn = _Connection(next(self._connection_ids), ws, peer)
+            self._opening.discard(ws.socket)
             self._connections[conn.id] = conn
             self._state.stats.connections_total += 1
             self._state.stats.connections_open += 1
@@ -425,25 +524,49 @@ class ReferenceServer:
                 return
             if idle is not None:
                 deadline = time.monotonic() + idle
-            self._on_frame(conn, data)
+            if not self._on_frame(conn, data):
+                return
 
-    def _on_frame(self, conn: _Connection, data: str | bytes) -> None:
+    def _on_frame(self, conn: _Connection, data: str | bytes) -> bool:
+        """Handle one received frame; return ``False`` if the connection was kicked."""
         with self._changed:
             self._state.stats.frames_received += 1
+            admission = self._state.admit(conn.id, now=time.monotonic())
             self._changed.notify_all()
+        if admission is Admission.KICK:
+            logger.warning("connection %d: still flooding over its rate limit, kicked", conn.id)
+            self._send(conn, encode_frame(PacketType.DISCONNECT, {"reason": "CONNECTION_KICK_OUT"}))
+            conn.ws.close()
+            return False
         logger.debug("connection %d > %.200r", conn.id, data)
         try:
             packet = decode_frame(data)
         except ProtocolError as exc:
-            self._bad_frame(conn, str(exc))
-            return
-        if packet.type is PacketType.PING:
+            if admission is Admission.ADMIT:
+                self._bad_frame(conn, str(exc))
+            return True
+        if admission is Admission.REFUSE:
+            self._on_rate_limited(conn, packet)
+        elif packet.type is PacketType.PING:
             if self.faults.answer_heartbeats:
                 self._send_pong(conn)
         elif packet.type is PacketType.MESSAGE:
             self._on_message(conn, packet)
         else:
             self._bad_frame(conn, f"packet type {int(packet.type)} is not sent by clients")
+        return True
+
+    def _on_rate_limited(self, conn: _Connection, packet: Packet) -> None:
+        """Ack a ``5`` over the rate limit with ``RATE_LIMITED``; drop anything else."""
+        if packet.type is not PacketType.MESSAGE:
+            logger.debug("connection %d: frame over the rate limit dropped", conn.id)
+            return
+        assert packet.message_id is not None
+        with self._changed:
+            outcome = self._state.rate_limited(packet.message_id)
+            self._changed.notify_all()
+        logger.debug("connection %d: message %s over the rate limit", conn.id, packet.message_id)
+        self._ack(conn, outcome.ack)
 
     def _bad_frame(self, conn: _Connection, why: str) -> None:
         logger.warning("connection %d: bad frame ignored: %s", conn.id, why)

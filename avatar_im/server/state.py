@@ -2,9 +2,19 @@
 
 :class:`ServerState` decides, for each received ``5`` message, the ack to send,
 the server replies to send and the :class:`~.responder.Request` to give the
-responder; it keeps the sessions, the remembered message ids and the
-counters.  :func:`authorize` decides whether a handshake is accepted.
-:func:`parse_content` validates a message's ``content``.
+responder; it keeps the sessions, the remembered message ids, the per-connection
+rate limits and the counters.  :func:`authorize` decides whether a handshake is
+accepted.  :func:`parse_content` validates a message's ``content``.
+
+Before any rule, every client frame (``3``, ``5`` or garbage) passes the
+connection's rate limit, when one is configured (:meth:`ServerState.admit`, a
+:class:`TokenBucket` of ``rate_limit`` frames per second with a burst of
+``rate_burst``).  A ``5`` over the limit is acked with ``RATE_LIMITED``: not
+processed, not remembered, so the client may send it again later; any other
+frame over the limit is dropped unanswered.  A connection that goes on
+flooding, more than ``KICK_AFTER_BURSTS * rate_burst`` frames refused in a
+row, is kicked: the server sends ``2{"reason":"CONNECTION_KICK_OUT"}`` and
+closes it.
 
 The rules, in the order they are applied to a ``5`` message:
 
@@ -13,11 +23,26 @@ The rules, in the order they are applied to a ``5`` message:
    remembered about a refused message: sending its id again is judged afresh.
 2. A ``messageId`` already processed (for this session, or by this app and
    tenant in any session, even one since forgotten) is a duplicate: acked
-   again without error, not processed again.
-3. A session owned by another (app, tenant): ``FORBIDDEN``.
-4. ``start`` creates or restarts the session; ``dataSend``, ``refreshContext``
-   and ``stop`` need it started and not stopped, else ``SESSION_NOT_FOUND``.
+   again without error, not processed again.  (A duplicate is always one of
+   the sender's own messages: the ids are remembered per app and tenant.)
+3. A session id not in ``allowed_sessions`` (when given), or a session owned
+   by another (app, tenant): ``FORBIDDEN``, whatever the message's type.
+4. ``start`` creates or restarts the session; creating one when
+   ``max_sessions`` sessions are known already is refused with
+   ``TOO_MANY_SESSIONS`` (every known session counts, stopped ones too, until
+   it is forgotten after its grace period).  ``dataSend``, ``refreshContext``
+   and ``stop`` need the session started and not stopped, else
+   ``SESSION_NOT_FOUND``.
 5. A processed message binds the connection to its session and is recorded.
+   Only processed messages bind: a connection is never bound to a session of
+   another (app, tenant), so it never receives that session's pushes.
+
+Records: each session keeps its processed messages, texts and audio chunks for
+inspection by tests.  With ``record_limit=None`` (the default) they grow
+without bound, which is what tests want; with ``record_limit=N`` only the last
+``N`` of each are kept (the oldest are dropped; the audio bytes are those of
+the last ``N`` chunks), while the totals (``messages_total``,
+``audio_total_bytes``, ``audio_duration``) keep counting everything.
 
 Pure: no threads, no sockets, no clock (``now`` is passed in).  Not
 thread-safe: the server calls it with its state lock held.
@@ -28,7 +53,9 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import enum
 import itertools
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,8 +71,12 @@ __all__ = [
     "ACK_ERRORS",
     "BAD_CONTENT",
     "FORBIDDEN",
+    "KICK_AFTER_BURSTS",
     "PATH",
+    "RATE_LIMITED",
     "SESSION_NOT_FOUND",
+    "TOO_MANY_SESSIONS",
+    "Admission",
     "Command",
     "Credentials",
     "HandshakeRefusal",
@@ -55,6 +86,7 @@ __all__ = [
     "ServerState",
     "ServerStats",
     "SessionSnapshot",
+    "TokenBucket",
     "authorize",
     "parse_content",
 ]
@@ -63,10 +95,17 @@ __all__ = [
 BAD_CONTENT = "BAD_CONTENT"
 #: Ack error: the session does not exist, was stopped, or was forgotten.
 SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
-#: Ack error: the session belongs to another app or tenant.
+#: Ack error: the session belongs to another app or tenant, or its id is not allowed.
 FORBIDDEN = "FORBIDDEN"
+#: Ack error: a ``start`` would create a session beyond ``max_sessions``.
+TOO_MANY_SESSIONS = "TOO_MANY_SESSIONS"
+#: Ack error: the connection is over its rate limit; the message was not processed.
+RATE_LIMITED = "RATE_LIMITED"
 #: Every ``error`` code the reference server puts in an ack.
-ACK_ERRORS = frozenset({BAD_CONTENT, SESSION_NOT_FOUND, FORBIDDEN})
+ACK_ERRORS = frozenset({BAD_CONTENT, SESSION_NOT_FOUND, FORBIDDEN, TOO_MANY_SESSIONS, RATE_LIMITED})
+
+#: A connection with more than this many bursts' worth of frames refused in a row is kicked.
+KICK_AFTER_BURSTS = 10
 
 #: The only path the server accepts WebSocket handshakes on.
 PATH = "/ws"
@@ -90,18 +129,21 @@ _OPTION_NAMES = {
 
 @attrs.frozen(kw_only=True)
 class Credentials:
-    """One accepted (token, app id, tenant id) triple."""
+    """One accepted (token, app id, tenant id) triple (``repr()`` leaves the token out)."""
 
-    token: str
+    token: str = attrs.field(repr=False)
     app_id: str
     tenant_id: str
 
 
 @attrs.frozen(kw_only=True)
 class Peer:
-    """Who a connection belongs to, from its URL's ``t``, ``app`` and ``tenant``."""
+    """Who a connection belongs to, from its URL's ``t``, ``app`` and ``tenant``.
 
-    token: str
+    ``repr()`` leaves the token out.
+    """
+
+    token: str = attrs.field(repr=False)
     app_id: str
     tenant_id: str
 
@@ -237,19 +279,25 @@ class ServerStats:
 
     connections_total: int = 0  #: WebSocket connections accepted
     connections_open: int = 0  #: WebSocket connections open now
-    handshakes_refused: int = 0  #: handshakes answered with an HTTP error
+    handshakes_refused: int = 0  #: handshakes answered with an HTTP error (503 when full too)
     frames_received: int = 0  #: frames of any kind received from clients
     bad_frames: int = 0  #: frames that are not a valid ``3`` or ``5`` (binary ones too)
     messages_processed: int = 0  #: ``5`` messages accepted and recorded
-    messages_refused: int = 0  #: ``5`` messages acked with an error
+    messages_refused: int = 0  #: ``5`` messages acked with an error (``RATE_LIMITED`` too)
     duplicates: int = 0  #: ``5`` messages with an already processed id
     acks_sent: int = 0  #: ``6`` frames sent
     pings_answered: int = 0  #: ``4`` frames sent
+    frames_rate_limited: int = 0  #: client frames refused by the rate limit
+    connections_kicked: int = 0  #: connections closed with ``CONNECTION_KICK_OUT`` for flooding
 
 
 @attrs.frozen(kw_only=True)
 class SessionSnapshot:
-    """A copy of everything the server recorded for one session (lists are fresh copies)."""
+    """A copy of everything the server recorded for one session (lists are fresh copies).
+
+    With a ``record_limit``, ``messages``, ``texts``, ``audio_chunks`` and
+    ``audio_bytes`` hold only the most recent records; the totals count everything.
+    """
 
     session_id: str
     app_id: str
@@ -260,9 +308,11 @@ class SessionSnapshot:
     connected: bool  #: whether a connection is bound to it now
     messages: list[tuple[str, dict[str, Any]]]  #: (messageId, content), every processed message
     texts: list[str]
-    audio_bytes: bytes  #: every audio chunk, decoded, concatenated
+    audio_bytes: bytes  #: every audio chunk kept, decoded, concatenated
     audio_chunks: list[tuple[float, int]]  #: (monotonic arrival time, decoded bytes) per chunk
     audio_duration: float  #: seconds of audio (16-bit mono at the rate in force per chunk)
+    messages_total: int = 0  #: messages processed in this session, kept or not
+    audio_total_bytes: int = 0  #: decoded audio bytes received in this session, kept or not
 
     @property
     def format(self) -> str:
@@ -280,16 +330,35 @@ class _Session:
     session_id: str
     owner: tuple[str, str]
     options: SessionOptions
+    record_limit: int | None = None
     stopped: bool = False
     ids: RecentIds = attrs.field(factory=lambda: RecentIds(DEDUPE_CAPACITY))
     connections: set[int] = attrs.field(factory=set)
     # Set when the last connection went away; an expiry carrying another token is stale.
     detach_token: int | None = None
-    messages: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
-    texts: list[str] = attrs.field(factory=list)
+    messages: deque[tuple[str, dict[str, Any]]] = attrs.field(init=False)
+    texts: deque[str] = attrs.field(init=False)
     audio: bytearray = attrs.field(factory=bytearray)
-    audio_chunks: list[tuple[float, int]] = attrs.field(factory=list)
+    audio_chunks: deque[tuple[float, int]] = attrs.field(init=False)
     audio_duration: float = 0.0
+    messages_total: int = 0
+    audio_total: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.messages = deque(maxlen=self.record_limit)
+        self.texts = deque(maxlen=self.record_limit)
+        # Not a bounded deque: dropping a chunk must also drop its bytes from `audio`.
+        self.audio_chunks = deque()
+
+    def add_audio(self, chunk: bytes, now: float, duration: float) -> None:
+        self.audio += chunk
+        self.audio_chunks.append((now, len(chunk)))
+        self.audio_total += len(chunk)
+        self.audio_duration += duration
+        if self.record_limit is not None:
+            while len(self.audio_chunks) > self.record_limit:
+                _, size = self.audio_chunks.popleft()
+                del self.audio[:size]
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -298,7 +367,7 @@ class _Session:
             tenant_id=self.owner[1],
             options=self.options,
             stopped=self.stopped,
-            audio_total_bytes=len(self.audio),
+            audio_total_bytes=self.audio_total,
             audio_total_duration=self.audio_duration,
         )
 
@@ -316,6 +385,8 @@ class _Session:
             audio_bytes=bytes(self.audio),
             audio_chunks=list(self.audio_chunks),
             audio_duration=self.audio_duration,
+            messages_total=self.messages_total,
+            audio_total_bytes=self.audio_total,
         )
 
 
@@ -335,15 +406,90 @@ def _ack(message_id: str, error: str | None = None, detail: str = "") -> dict[st
     return {"messageId": message_id, "error": error, "detail": detail}
 
 
-class ServerState:
-    """Sessions, remembered message ids and counters; see the module docstring for the rules."""
+# --- rate limits -----------------------------------------------------------------------------
 
-    def __init__(self) -> None:
+
+class Admission(enum.Enum):
+    """What to do with one client frame, as decided by :meth:`ServerState.admit`."""
+
+    ADMIT = "admit"  #: handle it
+    REFUSE = "refuse"  #: over the limit: ack a ``5`` with ``RATE_LIMITED``, drop anything else
+    KICK = "kick"  #: flooding: send ``2{"reason":"CONNECTION_KICK_OUT"}`` and close
+
+
+@attrs.define(kw_only=True)
+class TokenBucket:
+    """A token bucket: *rate* tokens per second, at most *burst* kept; it starts full.
+
+    Pure: the caller passes a monotonic *now* to :meth:`take`.
+    """
+
+    rate: float
+    burst: int
+    tokens: float = attrs.field(init=False)
+    stamp: float | None = attrs.field(default=None, init=False)  # the last take()'s now
+    refused_in_row: int = attrs.field(default=0, init=False)  #: refusals since the last take
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self, now: float) -> bool:
+        """Take one token at time *now*; return ``False`` (and count it) if there is none."""
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        if self.stamp is None or now > self.stamp:
+            self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.refused_in_row = 0
+            return True
+        self.refused_in_row += 1
+        return False
+
+
+# --- the state -------------------------------------------------------------------------------
+
+
+def _positive_or_none(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not value > 0):
+        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+
+
+class ServerState:
+    """Sessions, remembered message ids, rate limits and counters; see the module docstring.
+
+    *allowed_sessions* ``None`` allows any session id; *max_sessions*,
+    *rate_limit* and *record_limit* ``None`` turn those limits off.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_sessions: Iterable[str] | None = None,
+        max_sessions: int | None = None,
+        rate_limit: float | None = None,
+        rate_burst: int = 100,
+        record_limit: int | None = None,
+    ) -> None:
+        if isinstance(allowed_sessions, str):
+            raise TypeError("allowed_sessions must be an iterable of session ids, not a str")
+        _positive_or_none("max_sessions", max_sessions)
+        _positive_or_none("rate_limit", rate_limit)
+        _positive_or_none("record_limit", record_limit)
+        if isinstance(rate_burst, bool) or not rate_burst >= 1:
+            raise ValueError(f"rate_burst must be >= 1, got {rate_burst!r}")
+        self.allowed_sessions = None if allowed_sessions is None else frozenset(allowed_sessions)
+        self.max_sessions = max_sessions
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.record_limit = record_limit
         self.stats = ServerStats()
         self.sessions: dict[str, _Session] = {}
         # Processed ids keyed by owner, so they outlive a forgotten session.
         self._global_ids = RecentIds(DEDUPE_CAPACITY)
         self._tokens = itertools.count(1)
+        # One bucket per connection that sent a frame, dropped by detach().
+        self._buckets: dict[int, TokenBucket] = {}
 
     def reset(self) -> None:
         """Forget every session and remembered id (counters are kept)."""
@@ -359,6 +505,37 @@ class ServerState:
         """Return the ids of the connections bound to *session_id*."""
         session = self.sessions.get(session_id)
         return set() if session is None else set(session.connections)
+
+    def admit(self, connection_id: int, *, now: float) -> Admission:
+        """Charge one received frame to *connection_id*'s rate limit at time *now*.
+
+        Call it for every client frame before handling it.  On ``REFUSE``, ack
+        a ``5`` with :meth:`rate_limited` and drop any other frame; on ``KICK``,
+        send ``2{"reason":"CONNECTION_KICK_OUT"}`` and close the connection.
+        """
+        if self.rate_limit is None:
+            return Admission.ADMIT
+        bucket = self._buckets.get(connection_id)
+        if bucket is None:
+            bucket = self._buckets[connection_id] = TokenBucket(
+                rate=self.rate_limit, burst=self.rate_burst
+            )
+        if bucket.take(now):
+            return Admission.ADMIT
+        self.stats.frames_rate_limited += 1
+        if bucket.refused_in_row > KICK_AFTER_BURSTS * self.rate_burst:
+            self.stats.connections_kicked += 1
+            return Admission.KICK
+        return Admission.REFUSE
+
+    def rate_limited(self, message_id: str) -> Outcome:
+        """Return the ``RATE_LIMITED`` ack for a ``5`` that :meth:`admit` refused."""
+        return self._refuse(
+            message_id,
+            RATE_LIMITED,
+            f"over {self.rate_limit:g} frames per second (burst {self.rate_burst}): "
+            "not processed, send it again later",
+        )
 
     def handle_message(
         self,
@@ -380,6 +557,10 @@ class ServerState:
         ):
             self.stats.duplicates += 1
             return Outcome(ack=_ack(message_id), duplicate=True)
+        if self.allowed_sessions is not None and command.session_id not in self.allowed_sessions:
+            return self._refuse(
+                message_id, FORBIDDEN, f"session {command.session_id!r} is not allowed here"
+            )
         if session is not None and not owned:
             return self._refuse(
                 message_id, FORBIDDEN, f"session {command.session_id!r} is not yours"
@@ -390,7 +571,18 @@ class ServerState:
         if command.type == "start":
             options = SessionOptions(**command.options)
             if session is None:
-                session = _Session(session_id=command.session_id, owner=peer.owner, options=options)
+                if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+                    return self._refuse(
+                        message_id,
+                        TOO_MANY_SESSIONS,
+                        f"the server holds its maximum of {self.max_sessions} sessions",
+                    )
+                session = _Session(
+                    session_id=command.session_id,
+                    owner=peer.owner,
+                    options=options,
+                    record_limit=self.record_limit,
+                )
                 self.sessions[command.session_id] = session
             session.options = options
             session.stopped = False
@@ -422,6 +614,7 @@ class ServerState:
         session.ids.add(message_id)
         self._global_ids.add(global_key)
         session.messages.append((message_id, command.content))
+        session.messages_total += 1
         self.stats.messages_processed += 1
         return Outcome(ack=_ack(message_id), replies=replies, request=request)
 
@@ -441,9 +634,7 @@ class ServerState:
                 audio_format=session.options.format,
                 sample_rate=session.options.sample_rate,
             )
-            session.audio += command.audio
-            session.audio_chunks.append((now, len(command.audio)))
-            session.audio_duration += duration
+            session.add_audio(command.audio, now, duration)
         return Request(
             message_id=message_id,
             session=session.info(),
@@ -458,6 +649,7 @@ class ServerState:
 
         The caller forgets each of them with :meth:`expire` after the grace period.
         """
+        self._buckets.pop(connection_id, None)
         orphans: list[tuple[str, int]] = []
         for session in self.sessions.values():
             if connection_id in session.connections:
