@@ -17,18 +17,21 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import attrs
 
+from . import audio
+from .audio import AudioSource, AudioStream
 from .backoff import ReconnectPolicy
 from .connection import Connection, ConnectionState
 from .exceptions import (
     AckError,
     AckTimeout,
+    AudioFormatError,
     AvatarIMError,
     ClientClosedError,
     ConnectTimeout,
@@ -57,6 +60,9 @@ from .protocol import (
 )
 from .urls import DEFAULT_URL, build_url, redact_url
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 __all__ = ["AvatarIM", "ClientStats"]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ class ClientStats:
     duplicates_dropped: int
     pings_sent: int
     inbound_dropped: int
+    rate_limited: int
 
 
 def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
@@ -192,6 +199,7 @@ class AvatarIM:
             proxy=proxy,
         )
         transport_options["max_message_size"] = max_message_size
+        self._max_message_size = max_message_size
 
         self.app_id = app_id
         self.tenant_id = tenant_id
@@ -234,6 +242,9 @@ class AvatarIM:
             transport_options=transport_options,
         )
         self._opened = False
+        # Audio streams running now (stream_audio); close() stops them.  Guarded by _audio_lock.
+        self._audio_lock = threading.Lock()
+        self._audio_streams: set[AudioStream] = set()
         if auto_connect:
             self.connect()
 
@@ -282,7 +293,9 @@ class AvatarIM:
         pending = self._connection.locked(lambda p: p.outbox_size)
         if pending and not self._connection.failure:
             logger.warning("closing with %d unacknowledged message(s)", pending)
+        self._stop_audio_streams(join=False)  # signal first: no chunk starts after this
         self._connection.close()
+        self._stop_audio_streams(join=True)
         self.session_ready.clear()
         with self._inbox_lock:
             self._inbox_lock.notify_all()
@@ -336,6 +349,7 @@ class AvatarIM:
                 duplicates_dropped=c.duplicates_dropped,
                 pings_sent=c.pings_sent,
                 inbound_dropped=self._inbound_dropped,
+                rate_limited=c.rate_limited,
             )
 
     @property
@@ -409,14 +423,141 @@ class AvatarIM:
         content = {"type": "dataSend", "sessionId": self.session_id, "text": text}
         return self._submit_message(content, session=True)
 
-    def send_audio(self, data: bytes | None = None, *, base64: str | None = None) -> str:
-        """Send one audio chunk: raw PCM *data*, or a *base64* string; returns the message id.
+    def send_audio(
+        self,
+        data: bytes | bytearray | memoryview | npt.NDArray[Any] | None = None,
+        *,
+        base64: str | None = None,
+    ) -> str:
+        """Send one audio chunk; returns the message id.
 
-        16-bit PCM must have an even number of bytes.
+        *data* is raw 16-bit little-endian mono PCM at the session's rate
+        (``bytes``, ``bytearray``, ``memoryview``), or a 1-D NumPy array
+        (``int16``, or float in [-1, 1], scaled to int16); *base64* is the
+        base64 text of such PCM, checked and sent as it is.  In a ``pcm``
+        session the PCM must have an even number of bytes; in a ``wav``
+        session bytes go as they are and an array gets a WAV header.  Bad
+        audio raises :class:`AudioFormatError` and nothing is sent.  For a
+        whole file or long audio, use :meth:`stream_audio`.
         """
-        audio = self._audio_base64(data, base64)
-        content = {"type": "dataSend", "sessionId": self.session_id, "audio": audio}
+        encoded = self._audio_base64(data, base64)
+        content = {"type": "dataSend", "sessionId": self.session_id, "audio": encoded}
         return self._submit_message(content, session=True)
+
+    def stream_audio(
+        self,
+        source: AudioSource,
+        *,
+        chunk_ms: float = audio.DEFAULT_CHUNK_MS,
+        realtime: bool = True,
+        background: bool = False,
+        on_progress: Callable[[AudioStream], object] | None = None,
+    ) -> AudioStream:
+        """Send a whole audio *source* as a sequence of chunks; return the stream's handle.
+
+        *source* is a path to an audio file or a binary file object (a WAV in
+        the session's format, or anything the ``audio`` extra converts), raw
+        PCM ``bytes``, a 1-D NumPy array, or any iterable of chunks (bytes or
+        arrays: a microphone, a generator).  Finite sources are read, checked
+        and converted before the first chunk is sent, and cut into *chunk_ms*
+        chunks; an iterable's chunks are sent as they come, each checked first.
+
+        With *realtime*, chunk ``k`` leaves at ``start + k x chunk duration``
+        on the monotonic clock (for an iterable, the durations of the chunks
+        before it), so audio goes up at the pace it plays; without, as fast
+        as the outbox and connection take it.
+
+        Blocks until everything is sent and returns the finished handle,
+        raising what ended the stream (an :class:`AudioStreamError` once some
+        chunks went out).  With *background*, runs on a thread and returns at
+        once: use the handle's ``stop()``, ``wait()``, ``done`` and ``error``;
+        :meth:`close` stops it.  *on_progress(stream)* is called after each
+        chunk, on the sending thread.
+        """
+        chunk_ms = audio.check_chunk_ms(chunk_ms)
+        for name, flag in (("realtime", realtime), ("background", background)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        _require_callable("on_progress", on_progress)
+        connection = self._connection
+        options = connection.locked(lambda p: p.session_options) or SessionOptions()
+        rate = options.sample_rate
+        prepared = audio.prepare_source(source, sample_rate=rate)
+        total: int | None = None
+        chunks: Iterable[object] = prepared
+        if isinstance(prepared, bytes):
+            total = len(prepared) // audio.BYTES_PER_SAMPLE
+            step = audio.chunk_samples(chunk_ms, rate) * audio.BYTES_PER_SAMPLE
+            chunks = audio.split_pcm(prepared, step)
+        self._raise_if_closed()
+        state = self.session_state
+        if state is SessionState.FAILED:
+            error = connection.locked(lambda p: p.start_error)
+            raise SessionStartError(
+                f"the server refused to start the session: {error!r}", error=error
+            )
+        if state in (SessionState.IDLE, SessionState.STOPPED):
+            raise SessionNotStartedError(
+                f"no session to stream to ({state.value}): call start_session() first"
+            )
+        room_wait = self._send_timeout or audio.OUTBOX_WAIT
+
+        def send(pcm: bytes, stop: threading.Event) -> str | None:
+            # Waits for outbox room (a fast stream outruns the acks), waking on stop or close.
+            payload = audio.wav_bytes(pcm, rate) if options.format == "wav" else pcm
+            deadline = time.monotonic() + room_wait
+            protocol = connection.protocol
+            while True:
+                with connection.lock:
+                    room = connection.lock.wait_for(
+                        lambda: protocol.has_room() or protocol.closed or stop.is_set(),
+                        max(0.0, deadline - time.monotonic()),
+                    )
+                if stop.is_set():
+                    return None
+                if not room:
+                    raise OutboxFullError(f"the outbox stayed full for {room_wait}s")
+                try:
+                    return self.send_audio(payload)
+                except OutboxFullError:  # another thread took the room first
+                    if time.monotonic() >= deadline:
+                        raise
+
+        def wake() -> None:
+            with connection.lock:
+                connection.lock.notify_all()
+
+        def forget(stream: AudioStream) -> None:
+            with self._audio_lock:
+                self._audio_streams.discard(stream)
+
+        stream = AudioStream(
+            chunks,
+            sample_rate=rate,
+            realtime=realtime,
+            send=send,
+            wake=wake,
+            total_samples=total,
+            on_progress=on_progress,
+            on_exit=forget,
+        )
+        with self._audio_lock:
+            self._audio_streams.add(stream)
+        if self.closed:  # close() ran since the check above and did not see this stream
+            forget(stream)
+            self._raise_if_closed()
+        if background:
+            stream.start()
+        else:
+            stream.run()
+        return stream
+
+    def _stop_audio_streams(self, *, join: bool) -> None:
+        """Stop the running audio streams; with *join*, wait (bounded) for their threads."""
+        with self._audio_lock:
+            streams = list(self._audio_streams)
+        for stream in streams:
+            stream.stop(timeout=0.5 if join else 0)
 
     def send_message(self, content: Any) -> str:
         """Send *content* wrapped in the business envelope; returns the message id."""
@@ -431,7 +572,7 @@ class AvatarIM:
 
     def _audio_base64(self, data: object, encoded: object) -> str:
         if (data is None) == (encoded is None):
-            raise InvalidArgumentError("pass exactly one of data (bytes) or base64 (str)")
+            raise InvalidArgumentError("pass exactly one of data (bytes or array) or base64 (str)")
         if encoded is not None:
             _require_str("base64", encoded)
             assert isinstance(encoded, str)
@@ -441,23 +582,31 @@ class AvatarIM:
                 raise InvalidArgumentError("base64 is not a valid base64 string") from None
             self._check_pcm(raw)
             return encoded
+        if audio.is_array(data):
+            raw = audio.chunk_to_pcm(data)
+            options = self._connection.protocol.session_options
+            if options is not None and options.format == "wav":
+                raw = audio.wav_bytes(raw, options.sample_rate)
+            return base64_encode(raw)
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InvalidArgumentTypeError(f"audio data must be bytes, got {type(data).__name__}")
+            raise InvalidArgumentTypeError(
+                f"audio data must be bytes or a NumPy array, got {type(data).__name__}"
+            )
         raw = bytes(data)
         self._check_pcm(raw)
         return base64_encode(raw)
 
     def _check_pcm(self, raw: bytes) -> None:
         if not raw:
-            raise InvalidArgumentError("audio must not be empty")
+            raise AudioFormatError("audio must not be empty")
         options = self._connection.protocol.session_options
-        if (options is None or options.format == "pcm") and len(raw) % 2:
-            raise InvalidArgumentError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
+        if (options is None or options.format == "pcm") and len(raw) % audio.BYTES_PER_SAMPLE:
+            raise AudioFormatError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
 
     def _submit_message(self, content: Any, *, session: bool) -> str:
         """Encode *content* off the lock, then queue it (as session data if *session*)."""
         protocol = self._connection.protocol
-        prepared = protocol.prepare(content, time.time_ns() // 1_000_000)
+        prepared = protocol.prepare(content, time.time_ns() // 1_000_000, self._max_message_size)
         if session:
             return self._submit(lambda p, _: p.session_message(prepared))
         return self._submit(lambda p, _: p.send_message(prepared))

@@ -66,6 +66,10 @@ __all__ = [
 START_REFUSED = "SESSION_START_REFUSED"
 #: The ack error with which the server says the session does not exist (any more).
 SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+#: The ack error with which the server says "too fast, not processed": sent again later.
+RATE_LIMITED = "RATE_LIMITED"
+#: How long writing pauses after a RATE_LIMITED ack (seconds).
+RATE_LIMIT_PAUSE = 0.25
 
 
 class SessionState(enum.Enum):
@@ -190,6 +194,7 @@ class Counters:
     duplicates_dropped: int = 0
     messages_sent: int = 0
     messages_resent: int = 0
+    rate_limited: int = 0
     acks_received: int = 0
     pings_sent: int = 0
     connections: int = 0
@@ -245,6 +250,8 @@ class ClientProtocol:
 
         self.connected = False
         self.closed = False
+        # After a RATE_LIMITED ack nothing is written until this monotonic time.
+        self._paused_until: float | None = None
         self._last_rx = 0.0
         self._next_ping: float | None = None
 
@@ -336,7 +343,7 @@ class ClientProtocol:
         self.session_state = SessionState.STOPPED
         return message_id
 
-    def prepare(self, content: Any, now_ms: int) -> Prepared:
+    def prepare(self, content: Any, now_ms: int, max_size: int | None = None) -> Prepared:
         """Give *content* an id and encode its ``5`` frame, ready for a queue method.
 
         Reads no mutable state, so unlike every other method it may be called
@@ -345,9 +352,17 @@ class ClientProtocol:
         """
         message_id = self._ids.new(now_ms)
         try:
-            return message_id, packets.encode_envelope(message_id, self.app_id, content)
+            frame = packets.encode_envelope(message_id, self.app_id, content)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgumentError(f"content cannot be encoded as JSON: {exc}") from exc
+        # A frame the server would refuse (close 1009) must not be resent for ever.
+        if max_size is not None and len(frame) * 4 > max_size:
+            size = len(frame.encode("utf-8", "surrogatepass"))
+            if size > max_size:
+                raise InvalidArgumentError(
+                    f"the message is {size} bytes, over the {max_size}-byte limit"
+                )
+        return message_id, frame
 
     def session_message(self, prepared: Prepared) -> str:
         """Queue a prepared session message (``dataSend``, ``refreshContext``); needs a session."""
@@ -411,7 +426,7 @@ class ClientProtocol:
             return False
         if self._ping_due:
             return True
-        if not self._to_write:
+        if not self._to_write or self._paused_until is not None:
             return False
         head = self._outbox.get(self._to_write[0])
         return head is None or not (head.gated and self._gate_closed)
@@ -431,7 +446,7 @@ class ClientProtocol:
             frames.append("3")
         to_write = self._to_write
         outbox = self._outbox
-        while to_write:
+        while to_write and self._paused_until is None:
             key = to_write[0]
             entry = outbox.get(key)
             if entry is None:  # acked while waiting for a rewrite
@@ -512,6 +527,12 @@ class ClientProtocol:
         entry = self._outbox.get(message_id)
         if entry is None or not entry.tracked:
             return  # a repeated ack, or one for a message we did not send
+        if error == RATE_LIMITED:
+            # Not processed: keep it, pause, then send it and everything after it again.
+            self._paused_until = now + RATE_LIMIT_PAUSE
+            self._to_write = collections.deque(self._outbox)
+            self.counters.rate_limited += 1
+            return
         if error == SESSION_NOT_FOUND and entry.gated:
             if entry.epoch < self._epoch:
                 return  # refused before we restarted the session; it will be sent again
@@ -592,13 +613,18 @@ class ClientProtocol:
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which :meth:`tick` has work to do, or ``None``."""
-        if not self.connected or self._next_ping is None:
+        if not self.connected:
             return None
-        assert self.dead_after is not None
-        return min(self._next_ping, self._last_rx + self.dead_after)
+        deadlines = [] if self._paused_until is None else [self._paused_until]
+        if self._next_ping is not None:
+            assert self.dead_after is not None
+            deadlines += [self._next_ping, self._last_rx + self.dead_after]
+        return min(deadlines, default=None)
 
     def tick(self, now: float) -> None:
-        """Let time pass: queue a heartbeat when due; report a dead peer."""
+        """Let time pass: resume after a rate-limit pause, queue a heartbeat, report a dead peer."""
+        if self._paused_until is not None and now >= self._paused_until:
+            self._paused_until = None
         if not self.connected or self.heartbeat_interval is None or self._next_ping is None:
             return
         assert self.dead_after is not None

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from avatar_im import ClientClosedError, OutboxFullError, SessionNotStartedError, SessionStartError
+from avatar_im import (
+    ClientClosedError,
+    InvalidArgumentError,
+    OutboxFullError,
+    SessionNotStartedError,
+    SessionStartError,
+)
 from avatar_im.ids import MessageIdFactory
 from avatar_im.options import SessionOptions
 from avatar_im.protocol import (
@@ -222,3 +228,26 @@ def test_session_gone_after_reconnect_is_started_again_in_order() -> None:
     again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
     assert again == ids and p.session_restarts == 1
     assert all(p.refusal(i) is None for i in ids)
+
+
+def test_rate_limited_message_is_kept_and_resent_after_a_pause() -> None:
+    """RATE_LIMITED: nothing is written until the pause ends, then the refused message again."""
+    p = make()
+    first = p.send_message(p.prepare({"n": 1}, 1))
+    second = p.send_message(p.prepare({"n": 2}, 1))
+    assert len(p.data_to_send()) == 2
+    p.receive(ack(first, error="RATE_LIMITED"), 10.0)
+    assert p.is_pending(first) and p.refusal(first) is None
+    third = p.send_message(p.prepare({"n": 3}, 1))
+    assert p.data_to_send() == [] and p.next_deadline() == 10.25
+    p.tick(10.25)
+    again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
+    assert again == [first, second, third]
+
+
+def test_oversized_outgoing_message_refused_at_the_call() -> None:
+    """A message over the size limit raises InvalidArgumentError before it is queued."""
+    p = make()
+    with pytest.raises(InvalidArgumentError):
+        p.prepare({"blob": "x" * 2000}, 1, max_size=1000)
+    assert p.outbox_size == 0

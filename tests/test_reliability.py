@@ -299,3 +299,14 @@ def test_state_transitions_observable(server: ReferenceServer, make_client: Clie
         ConnectionState.OPEN,
         ConnectionState.CLOSED,
     ]
+
+
+def test_server_rate_limit_is_waited_out_in_order(make_client: ClientFactory) -> None:
+    """A rate-limiting server refuses a burst; the client pauses, resends, all arrive in order."""
+    with ReferenceServer(rate_limit=200, rate_burst=50) as limited:
+        client = ready(make_client(url=limited.url))
+        for i in range(100):
+            client.send_text(f"r{i}")
+        client.flush(TIMEOUT)
+        assert limited.session("s0").texts == [f"r{i}" for i in range(100)]
+        assert client.stats.rate_limited >= 1
