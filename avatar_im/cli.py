@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import ssl
 import struct
 import sys
 import uuid
@@ -17,6 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from ._version import __version__
+from .audio import AudioStream
 from .client import AvatarIM
 from .exceptions import AvatarIMError
 from .urls import redact_url
@@ -114,6 +116,198 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Files longer than this many seconds get a progress bar.
+PROGRESS_MIN_SECONDS = 3.0
+
+
+class _ProgressBar:
+    """A plain-text progress bar on stderr: redrawn in place on a terminal, else a line per 10%."""
+
+    def __init__(self, total: float, *, width: int = 30) -> None:
+        self.total = total
+        self.width = width
+        self.tty = sys.stderr.isatty()
+        self._shown = -1  # the last percentage (terminal) or decile (elsewhere) shown
+
+    def update(self, done: float) -> None:
+        fraction = min(1.0, done / self.total) if self.total > 0 else 1.0
+        percent = int(fraction * 100)
+        step = percent if self.tty else percent // 10
+        if step == self._shown:
+            return
+        self._shown = step
+        filled = round(fraction * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        text = f"[{bar}] {percent:3d}% {done:6.1f}/{self.total:.1f} s"
+        if self.tty:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        """Erase the bar's line (on a terminal) so that a reply can be printed."""
+        if self.tty and self._shown >= 0:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self._shown = -1
+
+    def finish(self) -> None:
+        if self.tty and self._shown >= 0:
+            print(file=sys.stderr, flush=True)
+
+
+def _print_replies(args: argparse.Namespace, client: AvatarIM, wait: float) -> int:
+    """Print the replies received, waiting up to *wait* seconds for each; return how many."""
+    from .exceptions import ReceiveTimeout
+
+    count = 0
+    while True:
+        try:
+            reply = client.receive(wait)
+        except ReceiveTimeout:
+            return count
+        _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+        count += 1
+
+
+def _cmd_send_audio(args: argparse.Namespace) -> int:
+    """Stream an audio file to the avatar in chunks (at real-time pace by default); print replies.
+
+    FILE is a WAV file in the session's format (16-bit mono at --sample-rate);
+    other rates, widths, channel counts and formats are converted when the
+    'audio' extra is installed.
+    """
+    from .audio import BYTES_PER_SAMPLE, read_audio
+    from .exceptions import ReceiveTimeout
+
+    timeout = args.timeout
+    pcm = read_audio(args.file, sample_rate=args.sample_rate)  # a bad file fails before connecting
+    seconds = len(pcm) / (BYTES_PER_SAMPLE * args.sample_rate)
+    with _embedded_server(args) as url, _client(args, url) as client:
+        client.wait_connected(timeout)
+        _say(args, f"connected to {client.url}", event="connected", url=client.url)
+        mid = client.start_session(format="pcm", sample_rate=args.sample_rate)
+        result = client.wait_session_ready(timeout)
+        client.receive(timeout)  # the startResult itself, also delivered to the pull API
+        _say(args, f"<- {_describe(result)}", event="received", message=result, reply_to=mid)
+        pace = "real time" if args.realtime else "fast"
+        _say(
+            args,
+            f"-> audio: {args.file} ({seconds:.2f} s, {pace}, {args.chunk_ms:g} ms chunks)",
+            event="streaming",
+            file=args.file,
+            seconds=seconds,
+            realtime=args.realtime,
+        )
+        bar = None
+        if seconds > PROGRESS_MIN_SECONDS and not args.no_progress:
+            bar = _ProgressBar(seconds)
+
+        def on_progress(stream: AudioStream) -> None:
+            # Runs after each chunk, on this thread: print what came back, then the bar.
+            while True:
+                try:
+                    reply = client.receive(0)
+                except ReceiveTimeout:
+                    break
+                if bar is not None:
+                    bar.clear()
+                _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+            if bar is not None:
+                bar.update(stream.seconds_sent)
+
+        stream = client.stream_audio(
+            pcm, chunk_ms=args.chunk_ms, realtime=args.realtime, on_progress=on_progress
+        )
+        if bar is not None:
+            bar.finish()
+        client.flush(timeout)
+        _say(
+            args,
+            f"-> sent {stream.chunks_sent} chunks ({stream.seconds_sent:.2f} s), all acknowledged",
+            event="sent",
+            chunks=stream.chunks_sent,
+            seconds=stream.seconds_sent,
+        )
+        _print_replies(args, client, args.reply_wait)
+        client.stop_session()
+        client.flush(timeout)
+        _print_replies(args, client, args.reply_wait)
+        stats = client.stats
+        _say(
+            args,
+            f"done: {stats.messages_sent} messages sent, {stats.acks_received} acknowledged",
+            event="done",
+            sent=stats.messages_sent,
+            acked=stats.acks_received,
+        )
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    """Chat with the avatar: each line you type is sent as text and the reply printed.
+
+    Ctrl-D (end of input) ends the session cleanly: the session is stopped and
+    every message acknowledged before the client closes.  Lines can be piped in.
+    """
+    from .exceptions import ReceiveTimeout
+
+    timeout = args.timeout
+    interactive = sys.stdin.isatty() and not args.json
+    with _embedded_server(args) as url, _client(args, url) as client:
+        client.wait_connected(timeout)
+        _say(args, f"connected to {client.url}", event="connected", url=client.url)
+        client.start_session(format="pcm", sample_rate=16000)
+        client.wait_session_ready(timeout)
+        client.receive(timeout)  # the startResult itself, also delivered to the pull API
+        _say(args, "session ready: type a line, Ctrl-D to end", event="ready")
+        while True:
+            try:
+                line = input("you> ") if interactive else sys.stdin.readline()
+            except EOFError:
+                line = ""
+            if not line:  # end of input
+                break
+            text = line.strip()
+            if not text:
+                continue
+            message_id = client.send_text(text)
+            if args.json:  # not _say(): its own parameter is named "text"
+                sent = {"event": "sent", "kind": "text", "message_id": message_id, "text": text}
+                print(json.dumps(sent, ensure_ascii=False), flush=True)
+            elif not interactive:
+                print(f"you> {text}", flush=True)
+            while True:  # print what arrives until the reply to this line
+                try:
+                    reply = client.receive(timeout)
+                except ReceiveTimeout:
+                    print(f"avatar-im: no reply within {timeout:g} s", file=sys.stderr)
+                    break
+                content = reply.get("content")
+                if not isinstance(content, dict):
+                    content = {}
+                said = content.get("text")
+                if isinstance(said, str) and not args.json:
+                    print(f"avatar> {said}", flush=True)
+                else:
+                    _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+                if content.get("replyTo") == message_id:
+                    break
+        if interactive:
+            print()
+        client.stop_session()
+        client.flush(timeout)
+        stats = client.stats
+        _say(
+            args,
+            f"session stopped: {stats.messages_sent} messages sent, "
+            f"{stats.acks_received} acknowledged",
+            event="stopped",
+            sent=stats.messages_sent,
+            acked=stats.acks_received,
+        )
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Run the reference server in the foreground until Ctrl-C."""
     try:
@@ -121,7 +315,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         print("avatar-im serve needs the 'server' extra: pip install 'avatar-im[server]'")
         return 2
-    server = ReferenceServer(host=args.host, port=args.port)
+    ssl_context = None
+    if args.keyfile and not args.certfile:
+        print("avatar-im serve: --keyfile needs --certfile", file=sys.stderr)
+        return 2
+    if args.certfile:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_context.load_cert_chain(args.certfile, args.keyfile)
+        except OSError as exc:  # ssl.SSLError included
+            print(f"avatar-im serve: cannot load the certificate: {exc}", file=sys.stderr)
+            return 2
+    server = ReferenceServer(host=args.host, port=args.port, ssl_context=ssl_context)
     with server:
         print(f"serving {server.url} (Ctrl-C to stop)", flush=True)
         with suppress(KeyboardInterrupt):
@@ -153,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument("--certfile", help="PEM certificate chain: serve wss:// (TLS)")
+    serve.add_argument("--keyfile", help="PEM private key (default: in --certfile)")
     serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("demo", help="run one conversation", description=_cmd_demo.__doc__)
@@ -160,6 +367,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--text", default="Hello, avatar!", help="the text to send")
     demo.add_argument("--audio-seconds", type=float, default=0.5, help="length of the test tone")
     demo.set_defaults(func=_cmd_demo)
+
+    chat = commands.add_parser(
+        "chat", help="chat with the avatar line by line", description=_cmd_chat.__doc__
+    )
+    _add_connection_args(chat)
+    chat.set_defaults(func=_cmd_chat)
+
+    send_audio = commands.add_parser(
+        "send-audio", help="stream an audio file", description=_cmd_send_audio.__doc__
+    )
+    _add_connection_args(send_audio)
+    send_audio.add_argument("file", metavar="FILE", help="the audio file (WAV)")
+    pace = send_audio.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--realtime",
+        dest="realtime",
+        action="store_true",
+        default=True,
+        help="send at the pace the audio plays (default)",
+    )
+    pace.add_argument(
+        "--fast", dest="realtime", action="store_false", help="send as fast as possible"
+    )
+    send_audio.add_argument("--chunk-ms", type=float, default=40.0, help="chunk length (ms)")
+    send_audio.add_argument("--sample-rate", type=int, default=16000, help="the session's rate")
+    send_audio.add_argument(
+        "--reply-wait", type=float, default=1.0, help="seconds to wait for each late reply"
+    )
+    send_audio.add_argument("--no-progress", action="store_true", help="no progress bar")
+    send_audio.set_defaults(func=_cmd_send_audio)
     return parser
 
 

@@ -301,12 +301,17 @@ def test_state_transitions_observable(server: ReferenceServer, make_client: Clie
     ]
 
 
-def test_server_rate_limit_is_waited_out_in_order(make_client: ClientFactory) -> None:
-    """A rate-limiting server refuses a burst; the client pauses, resends, all arrive in order."""
+def test_server_rate_limit_is_waited_out(make_client: ClientFactory) -> None:
+    """A rate-limiting server refuses a burst; the client pauses, resends; each arrives once.
+
+    Order is not asserted: a token refilled mid-burst admits a later message before an
+    earlier refused one, which no client can undo (documented in docs/security.md).
+    """
     with ReferenceServer(rate_limit=200, rate_burst=50) as limited:
         client = ready(make_client(url=limited.url))
         for i in range(100):
             client.send_text(f"r{i}")
         client.flush(TIMEOUT)
-        assert limited.session("s0").texts == [f"r{i}" for i in range(100)]
+        texts = limited.session("s0").texts
+        assert sorted(texts) == sorted(f"r{i}" for i in range(100)) and len(set(texts)) == 100
         assert client.stats.rate_limited >= 1
