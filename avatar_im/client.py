@@ -623,7 +623,7 @@ class AvatarIM:
                     raise OutboxFullError(
                         f"the outbox holds {protocol.max_outbox} unacknowledged messages"
                     )
-                connection.lock.wait_for(lambda: protocol.has_room() or protocol.closed, timeout)
+                connection.room.wait_for(lambda: protocol.has_room() or protocol.closed, timeout)
                 self._raise_if_closed_locked()
             message_id = command(protocol, time.time_ns() // 1_000_000)
         connection.flush()

@@ -39,7 +39,14 @@ from .exceptions import (
     HandshakeError,
     ServerClosedError,
 )
-from .protocol import ClientProtocol, DeadPeer, Event, ServerDisconnect
+from .protocol import (
+    ClientProtocol,
+    DeadPeer,
+    Event,
+    EventReceived,
+    MessageReceived,
+    ServerDisconnect,
+)
 from .transport import FrameTooLarge, Transport, TransportClosed
 from .urls import redact_url
 
@@ -50,6 +57,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _reader_ids = iter(range(1, 1 << 62))
+
+# Events no waiter waits for: they go to callbacks and the pull API only.
+_QUIET_EVENTS = (MessageReceived, EventReceived)
 
 
 class ConnectionState(enum.Enum):
@@ -85,6 +95,9 @@ class Connection:
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        # Senders waiting for outbox room; notified only below the low-water mark.
+        self._room = threading.Condition(self._lock)
+        self._low_water = protocol.max_outbox - max(1, protocol.max_outbox // 8)
         self._send_lock = threading.Lock()
         # Set by close(); wakes the reader out of a backoff wait.
         self._stop = threading.Event()
@@ -141,6 +154,11 @@ class Connection:
         return self._changed
 
     @property
+    def room(self) -> threading.Condition:
+        """The condition senders wait on for outbox room (on the protocol lock)."""
+        return self._room
+
+    @property
     def reader(self) -> threading.Thread | None:
         """The reader thread, if one was started."""
         return self._reader
@@ -155,6 +173,7 @@ class Connection:
             already_closed = self.state is ConnectionState.CLOSED
             self._set_state(ConnectionState.CLOSED)
             self._changed.notify_all()
+            self._room.notify_all()
         self._stop.set()
         reader = self._reader
         if reader is threading.current_thread():
@@ -187,6 +206,7 @@ class Connection:
                         transport = self._transport
                         if frames and not protocol.require_acks:
                             self._changed.notify_all()
+                            self._room.notify_all()
                     if not frames or transport is None:
                         break
                     try:
@@ -201,6 +221,20 @@ class Connection:
             with self._lock:
                 if not protocol.has_data_to_send():
                     return
+
+    def _wake(self, events: list[Event], outbox_before: int) -> None:
+        """Notify the waiters that *events* concern; the lock must be held.
+
+        Replies and server events wake nobody (the pull API has its own
+        condition).  Senders waiting for outbox room wake only once it has
+        drained below the low-water mark, so each finds room for a batch.
+        """
+        assert self._lock.locked()
+        if any(not isinstance(e, _QUIET_EVENTS) for e in events):
+            self._changed.notify_all()
+        size = self.protocol.outbox_size
+        if size < outbox_before and size <= self._low_water:
+            self._room.notify_all()
 
     def _lost(self, transport: Transport) -> None:
         """Mark *transport*'s connection as lost (if it is still the current one)."""
@@ -324,6 +358,7 @@ class Connection:
             self.protocol.close()
             self._set_state(ConnectionState.CLOSED)
             self._changed.notify_all()
+            self._room.notify_all()
         self._on_state(ConnectionState.CLOSED)
 
     def _read(self, transport: Transport) -> ServerDisconnect | DeadPeer | None:
@@ -335,18 +370,21 @@ class Connection:
                 deadline = protocol.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - monotonic())
             try:
-                data = transport.recv() if transport.wait_readable(timeout) else None
+                items = transport.read(timeout)
             except TransportClosed as exc:
                 logger.debug("read ended: %s", exc)
                 return None
             with self._lock:
-                if isinstance(data, FrameTooLarge):
-                    protocol.receive_discarded(data.size, str(data))
-                elif data is not None:
-                    protocol.receive(data, monotonic())
-                protocol.tick(monotonic())
+                before = protocol.outbox_size
+                now = monotonic()
+                for item in items:
+                    if isinstance(item, FrameTooLarge):
+                        protocol.receive_discarded(item.size, str(item))
+                    else:
+                        protocol.receive(item, now)
+                protocol.tick(now)
                 events = protocol.events_received()
-                self._changed.notify_all()
+                self._wake(events, before)
             self.flush()
             if events:
                 ended = next(

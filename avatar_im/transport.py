@@ -1,22 +1,27 @@
-"""One WebSocket connection, on ``websocket-client``: the only module that imports it.
+"""One WebSocket connection: opened by ``websocket-client``, then driven by :mod:`.frames`.
 
-:class:`Transport` opens the connection, waits for and reads whole frames,
-and writes batches of text frames with a single ``sendall``.  It converts
-``websocket-client``'s and the socket layer's errors into this library's:
-:class:`~avatar_im.exceptions.AuthenticationError` and
+:class:`Transport` lets ``websocket-client`` (the only module that imports it)
+make the connection: TCP, HTTP proxies, TLS and the upgrade handshake.  After
+that it reads and writes frames itself with :mod:`avatar_im.frames`: one
+``recv`` of up to 64 KiB yields every whole message in it, and one
+``sendall`` carries a batch of masked frames.  It converts the library's and
+the socket layer's errors into this library's:
+:class:`~avatar_im.exceptions.AuthenticationError`,
+:class:`~avatar_im.exceptions.CertificateError` and
 :class:`~avatar_im.exceptions.HandshakeError` at the handshake,
 :class:`TransportClosed` once the connection is gone.
 
 Threads: any thread may call :meth:`Transport.abort` (it only shuts the socket
-down, which wakes a reader blocked in ``recv`` and a writer blocked in
+down, which wakes a reader blocked in ``poll``/``recv`` and a writer blocked in
 ``sendall``); one thread reads; writers serialise on ``websocket-client``'s
-own send lock, which its automatic pong answers take too.
+send lock (``ws.lock``), which the reader takes too, briefly, to answer pings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import ssl
@@ -30,91 +35,40 @@ from .exceptions import (
     ConnectionFailedError,
     HandshakeError,
 )
+from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    FramingError,
+    Oversized,
+    encode_frames,
+)
 from .urls import redact_url
 
 __all__ = ["FrameTooLarge", "Transport", "TransportClosed"]
 
 logger = logging.getLogger(__name__)
 
-_OP_TEXT = websocket.ABNF.OPCODE_TEXT
-_OP_BINARY = websocket.ABNF.OPCODE_BINARY
-_OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
-_OP_CONT = websocket.ABNF.OPCODE_CONT
-
 
 class TransportClosed(ConnectionFailedError):
     """The connection is gone (closed by either side, reset, or aborted)."""
 
 
-class FrameTooLarge(websocket.WebSocketException):  # type: ignore[misc,unused-ignore]
+class FrameTooLarge:
     """An inbound message exceeded the size limit; it was read and thrown away."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"inbound message of {size} bytes exceeds the {limit}-byte limit")
+    def __init__(self, size: int, limit: int | None) -> None:
         self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"inbound message of {self.size} bytes exceeds the {self.limit}-byte limit"
 
 
-_DISCARD_CHUNK = 65536
-
-
-class _BoundedFrameBuffer(websocket._abnf.frame_buffer):  # type: ignore[misc,unused-ignore]
-    """websocket-client's frame reader, refusing frames longer than a limit.
-
-    The payload of a frame over the limit is read in 64 KiB pieces and thrown
-    away, so memory stays bounded and the stream stays in sync.
-    """
-
-    def __init__(self, recv: Any, skip_utf8_validation: bool, limit: int) -> None:
-        super().__init__(recv, skip_utf8_validation)
-        self._limit = limit
-
-    def recv_length(self) -> None:
-        super().recv_length()
-        length = self.length
-        if length is None or length <= self._limit:
-            return
-        remaining = length + (4 if self.has_mask() else 0)
-        buffered = sum(len(b) for b in self.recv_buffer)
-        self.recv_buffer = []
-        remaining -= buffered
-        while remaining > 0:
-            piece = self.recv(min(_DISCARD_CHUNK, remaining))
-            if not piece:
-                raise websocket.WebSocketConnectionClosedException("closed mid-frame")
-            remaining -= len(piece)
-        self.clear()
-        raise FrameTooLarge(length, self._limit)
-
-
-class _BoundedContinuation(websocket._abnf.continuous_frame):  # type: ignore[misc,unused-ignore]
-    """websocket-client's reassembly of fragmented messages, with a total size limit."""
-
-    def __init__(self, skip_utf8_validation: bool, limit: int) -> None:
-        super().__init__(False, skip_utf8_validation)
-        self._limit = limit
-        self._dropped = 0  # > 0 while throwing away the rest of a too-large message
-
-    def add(self, frame: Any) -> None:
-        if self._dropped:
-            self._dropped += len(frame.data)
-            if frame.fin:
-                size, self._dropped = self._dropped, 0
-                self.recving_frames = None
-                raise FrameTooLarge(size, self._limit)
-            return
-        held = len(self.cont_data[1]) if self.cont_data else 0
-        if held + len(frame.data) > self._limit:
-            self.cont_data = None
-            if frame.fin:
-                self.recving_frames = None
-                raise FrameTooLarge(held + len(frame.data), self._limit)
-            self._dropped = held + len(frame.data)
-            self.recving_frames = frame.opcode if frame.opcode != _OP_CONT else self.recving_frames
-            return
-        super().add(frame)
-
-    def is_fire(self, frame: Any) -> bool:
-        return bool(frame.fin) and not self._dropped
+_RECV_SIZE = 65536
 
 
 class Transport:
@@ -123,13 +77,10 @@ class Transport:
     def __init__(
         self, *, sslopt: dict[str, Any] | None = None, max_message_size: int | None = None
     ) -> None:
-        # skip_utf8_validation: we decode text ourselves so bad UTF-8 is a
-        # counted garbage frame, not a dead connection.
-        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True, sslopt=sslopt)
-        if max_message_size is not None:
-            ws.frame_buffer = _BoundedFrameBuffer(ws._recv, True, max_message_size)
-            ws.cont_frame = _BoundedContinuation(True, max_message_size)
-        self._ws = ws
+        self._ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt)
+        self._reader = FrameReader(max_message_size)
+        self._limit = max_message_size
+        self._poll: select.poll | None = None
         self._aborted = False
 
     # ------------------------------------------------------------ lifecycle
@@ -189,7 +140,7 @@ class Transport:
             return
         try:
             sock.settimeout(timeout)
-            sock.sendall(websocket.ABNF.create_frame(b"\x03\xe8", _OP_CLOSE).format())
+            sock.sendall(encode_frames([b"\x03\xe8"], os.urandom(4), OP_CLOSE))
         except OSError:
             pass
         finally:
@@ -202,44 +153,51 @@ class Transport:
 
     # ---------------------------------------------------------------- reading
 
-    def wait_readable(self, timeout: float | None) -> bool:
-        """Wait up to *timeout* seconds for data; True if a frame can be read."""
+    def read(self, timeout: float | None) -> list[str | bytes | FrameTooLarge]:
+        """Wait up to *timeout* seconds for data; return every whole message it completed.
+
+        Text comes as ``str`` (``bytes`` if it is not UTF-8), binary as
+        ``bytes``, a message over the size limit as :class:`FrameTooLarge`
+        (already thrown away).  Pings are answered here.  May return an empty
+        list (nothing arrived, or only part of a frame).  Raises
+        :class:`TransportClosed` when the connection ends.
+        """
         sock = self._ws.sock
         if sock is None:
             raise TransportClosed("the connection is closed")
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
         try:
-            readable, _, _ = select.select([sock], [], [], timeout)
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                if self._poll is None:
+                    self._poll = select.poll()
+                    self._poll.register(sock, select.POLLIN)
+                if not self._poll.poll(None if timeout is None else timeout * 1000):
+                    return []
+            data = sock.recv(_RECV_SIZE)
         except (OSError, ValueError) as exc:
-            raise TransportClosed("the connection is closed") from exc
-        return bool(readable)
-
-    def recv(self) -> str | bytes | FrameTooLarge | None:
-        """Read one whole data frame: ``str`` for text (bytes if not UTF-8), ``bytes`` for binary.
-
-        Returns ``None`` for control frames (pings are answered by
-        ``websocket-client``) and a :class:`FrameTooLarge` for a message over
-        the size limit (already thrown away).  Raises :class:`TransportClosed`
-        at the end of the connection.
-        """
-        try:
-            opcode, data = self._ws.recv_data(control_frame=True)
-        except FrameTooLarge as exc:
-            return exc
-        except (websocket.WebSocketException, OSError, AttributeError, ValueError) as exc:
             raise TransportClosed(f"connection lost ({type(exc).__name__})") from exc
-        if opcode == _OP_TEXT:
-            try:
-                text: str = data.decode("utf-8")
-            except UnicodeDecodeError:
-                return bytes(data)
-            return text
-        if opcode == _OP_BINARY:
-            return bytes(data)
-        if opcode == _OP_CLOSE:
+        if not data:
             raise TransportClosed("the server closed the connection")
-        return None
+        try:
+            messages = self._reader.feed(data)
+        except FramingError as exc:
+            raise TransportClosed(f"framing error: {exc}") from exc
+        out: list[str | bytes | FrameTooLarge] = []
+        for message in messages:
+            if isinstance(message, Oversized):
+                out.append(FrameTooLarge(message.size, self._limit))
+            elif message.opcode == OP_TEXT:
+                try:
+                    out.append(message.payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(message.payload)
+            elif message.opcode == OP_BINARY:
+                out.append(message.payload)
+            elif message.opcode == OP_PING:
+                self._control(OP_PONG, message.payload)
+            elif message.opcode == OP_CLOSE:
+                self._control(OP_CLOSE, message.payload[:2])
+                raise TransportClosed("the server closed the connection")
+        return out
 
     # ---------------------------------------------------------------- writing
 
@@ -248,16 +206,25 @@ class Transport:
 
         Raises :class:`TransportClosed` when the connection is gone.
         """
-        create = websocket.ABNF.create_frame
-        if len(frames) == 1:
-            data = create(frames[0], _OP_TEXT).format()
-        else:
-            data = b"".join([create(f, _OP_TEXT).format() for f in frames])
+        payloads = [f.encode("utf-8", "surrogatepass") for f in frames]
+        self._write(encode_frames(payloads, os.urandom(4 * len(payloads))))
+
+    def _write(self, data: bytes, *, lock_timeout: float = -1) -> None:
         sock = self._ws.sock
+        lock = self._ws.lock
         try:
             if sock is None:
                 raise OSError("no socket")
-            with self._ws.lock:
+            if not lock.acquire(timeout=lock_timeout):
+                return  # a control answer that would wait behind a stuck writer: skip it
+            try:
                 sock.sendall(data)
+            finally:
+                lock.release()
         except OSError as exc:
             raise TransportClosed(f"connection lost while sending ({type(exc).__name__})") from exc
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        """Answer a ping or a close; never waits long behind another writer."""
+        with contextlib.suppress(TransportClosed):
+            self._write(encode_frames([payload], os.urandom(4), opcode), lock_timeout=1.0)

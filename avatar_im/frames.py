@@ -1,0 +1,234 @@
+"""WebSocket framing (RFC 6455) for the client's data path: pure, sans-I/O.
+
+``websocket-client`` still opens the connection (TCP, proxies, TLS and the
+HTTP upgrade); after that the client reads and writes frames with this module,
+because doing it in bulk is what makes the SDK cheaper than a hand-written
+loop: one ``recv`` of up to 64 KiB parses every complete frame in it, and one
+``sendall`` carries a whole batch of frames masked with one call for entropy.
+
+* :func:`encode_frames` builds masked client frames from payloads and the
+  random mask keys the caller supplies (4 bytes per frame).
+* :class:`FrameReader` is fed received bytes and hands out whole messages
+  (fragments joined), control frames, and :class:`Oversized` markers for
+  messages over the size limit, whose payload it skips without keeping it.
+
+No threads, no sockets, no clock, no randomness of its own.  Violations of the
+framing rules raise :class:`FramingError`; the caller must drop the connection.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
+    "FramingError",
+    "Message",
+    "Oversized",
+    "encode_frames",
+    "mask",
+]
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_DATA_OPCODES = frozenset({OP_TEXT, OP_BINARY})
+_CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+_pack_16 = struct.Struct("!H").pack
+_pack_64 = struct.Struct("!Q").pack
+_unpack_16 = struct.Struct("!H").unpack_from
+_unpack_64 = struct.Struct("!Q").unpack_from
+_NATIVE = sys.byteorder
+
+
+class FramingError(ValueError):
+    """The peer broke the WebSocket framing rules; the connection cannot go on."""
+
+
+@attrs.frozen
+class Message:
+    """A whole data message (text or binary) or a control frame."""
+
+    opcode: int
+    payload: bytes
+
+
+@attrs.frozen
+class Oversized:
+    """A data message longer than the limit; its payload was skipped."""
+
+    size: int
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR *payload* with the 4-byte *key* repeated (RFC 6455, section 5.3)."""
+    n = len(payload)
+    if not n:
+        return b""
+    repeated = key * (n // 4 + 1)
+    value = int.from_bytes(payload, _NATIVE) ^ int.from_bytes(repeated[:n], _NATIVE)
+    return value.to_bytes(n, _NATIVE)
+
+
+def _header(opcode: int, length: int) -> bytes:
+    first = 0x80 | opcode  # FIN, no extensions
+    if length < 126:
+        return bytes((first, 0x80 | length))
+    if length < 65536:
+        return bytes((first, 0x80 | 126)) + _pack_16(length)
+    return bytes((first, 0x80 | 127)) + _pack_64(length)
+
+
+def encode_frames(payloads: Sequence[bytes], keys: bytes, opcode: int = OP_TEXT) -> bytes:
+    """Return the client frames for *payloads*, each masked with its own 4 bytes of *keys*."""
+    if len(keys) < 4 * len(payloads):
+        raise ValueError("encode_frames needs 4 key bytes per payload")
+    parts: list[bytes] = []
+    append = parts.append
+    for i, payload in enumerate(payloads):
+        key = keys[4 * i : 4 * i + 4]
+        append(_header(opcode, len(payload)))
+        append(key)
+        append(mask(payload, key))
+    return b"".join(parts)
+
+
+class FrameReader:
+    """Parses frames sent by a server, incrementally.
+
+    Call :meth:`feed` with received bytes; it returns every message completed
+    by them, in order.  Data messages longer than *max_message_size* are
+    reported as :class:`Oversized` once, and their bytes are skipped as they
+    arrive, so memory stays bounded whatever the peer sends.
+    """
+
+    def __init__(self, max_message_size: int | None = None) -> None:
+        self._limit = max_message_size
+        self._buffer = bytearray()
+        self._skip = 0  # payload bytes of an oversized frame still to throw away
+        # The data message being reassembled from fragments: its opcode and parts.
+        self._opcode: int | None = None
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._dropping = False  # the message in progress went over the limit
+
+    def feed(self, data: bytes) -> list[Message | Oversized]:
+        """Take *data*; return the messages it completed.  Raises :class:`FramingError`."""
+        buffer = self._buffer
+        buffer += data
+        out: list[Message | Oversized] = []
+        pos = 0
+        end = len(buffer)
+        while True:
+            if self._skip:
+                taken = min(self._skip, end - pos)
+                self._skip -= taken
+                pos += taken
+                if self._skip:
+                    break
+            if end - pos < 2:
+                break
+            first, second = buffer[pos], buffer[pos + 1]
+            if first & 0x70:
+                raise FramingError("reserved bits set (no extension was negotiated)")
+            fin = first & 0x80
+            opcode = first & 0x0F
+            masked = second & 0x80
+            length = second & 0x7F
+            offset = pos + 2
+            if length == 126:
+                if end - offset < 2:
+                    break
+                (length,) = _unpack_16(buffer, offset)
+                offset += 2
+            elif length == 127:
+                if end - offset < 8:
+                    break
+                (length,) = _unpack_64(buffer, offset)
+                offset += 8
+            key = b""
+            if masked:
+                if end - offset < 4:
+                    break
+                key = bytes(buffer[offset : offset + 4])
+                offset += 4
+            if opcode in _CONTROL_OPCODES:
+                if not fin or length > 125:
+                    raise FramingError("control frames must be whole and at most 125 bytes")
+            elif opcode not in _DATA_OPCODES and opcode != OP_CONT:
+                raise FramingError(f"unknown opcode {opcode:#x}")
+            if opcode != OP_CONT and opcode not in _CONTROL_OPCODES and self._opcode is not None:
+                raise FramingError("a new message started inside a fragmented one")
+            if opcode == OP_CONT and self._opcode is None:
+                raise FramingError("a continuation frame with no message to continue")
+            if opcode not in _CONTROL_OPCODES and self._over_limit(length):
+                # Skip this frame's payload without keeping it.
+                pos = offset
+                self._skip = length
+                self._start_dropping(opcode, length, bool(fin), out)
+                continue
+            if end - offset < length:
+                break
+            payload = bytes(buffer[offset : offset + length])
+            pos = offset + length
+            if masked:
+                payload = mask(payload, key)
+            if opcode in _CONTROL_OPCODES:
+                out.append(Message(opcode, payload))
+            else:
+                self._data_frame(opcode, payload, bool(fin), out)
+        del buffer[:pos]
+        return out
+
+    def _over_limit(self, length: int) -> bool:
+        if self._dropping:
+            return True
+        return self._limit is not None and self._held + length > self._limit
+
+    def _start_dropping(
+        self, opcode: int, length: int, fin: bool, out: list[Message | Oversized]
+    ) -> None:
+        if opcode != OP_CONT:
+            self._opcode = opcode
+        self._held += length
+        self._parts = []
+        self._dropping = True
+        if fin:
+            out.append(Oversized(self._held))
+            self._reset()
+
+    def _data_frame(
+        self, opcode: int, payload: bytes, fin: bool, out: list[Message | Oversized]
+    ) -> None:
+        if opcode != OP_CONT:
+            self._opcode = opcode
+        if fin and not self._parts:
+            out.append(Message(self._opcode or opcode, payload))
+            self._reset()
+            return
+        self._parts.append(payload)
+        self._held += len(payload)
+        if fin:
+            assert self._opcode is not None
+            out.append(Message(self._opcode, b"".join(self._parts)))
+            self._reset()
+
+    def _reset(self) -> None:
+        self._opcode = None
+        self._parts = []
+        self._held = 0
+        self._dropping = False

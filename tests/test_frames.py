@@ -1,0 +1,136 @@
+"""Unit tests of the sans-I/O WebSocket frame codec: no sockets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avatar_im.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
+    FrameReader,
+    FramingError,
+    Message,
+    Oversized,
+    encode_frames,
+    mask,
+)
+
+
+def server_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """An unmasked frame as a server sends it."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes((first, n))
+    elif n < 65536:
+        head = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def test_mask_is_an_involution() -> None:
+    """Masking twice with the same key gives the payload back, for every length."""
+    key = os.urandom(4)
+    for n in (0, 1, 3, 4, 5, 125, 126, 65535, 65536):
+        payload = os.urandom(n)
+        assert mask(mask(payload, key), key) == payload
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 200_000])
+def test_client_frames_round_trip_through_the_reader(size: int) -> None:
+    """Masked client frames of every length class decode back to their payloads."""
+    payloads = [b"x" * size, "你好".encode()]
+    data = encode_frames(payloads, os.urandom(8))
+    assert FrameReader().feed(data) == [Message(OP_TEXT, p) for p in payloads]
+
+
+def test_frames_fed_byte_by_byte() -> None:
+    """A stream cut at every byte still yields each message once, in order."""
+    data = (
+        server_frame(OP_TEXT, b"1")
+        + server_frame(OP_TEXT, b"x" * 300)
+        + server_frame(OP_PING, b"p")
+    )
+    reader = FrameReader()
+    got = []
+    for i in range(len(data)):
+        got += reader.feed(data[i : i + 1])
+    assert got == [Message(OP_TEXT, b"1"), Message(OP_TEXT, b"x" * 300), Message(OP_PING, b"p")]
+
+
+def test_fragments_are_joined_around_control_frames() -> None:
+    """Fragments make one message; a control frame between them comes out on its own."""
+    data = (
+        server_frame(OP_TEXT, b"ab", fin=False)
+        + server_frame(OP_PING, b"")
+        + server_frame(OP_CONT, b"cd", fin=False)
+        + server_frame(OP_CONT, b"e")
+    )
+    assert FrameReader().feed(data) == [Message(OP_PING, b""), Message(OP_TEXT, b"abcde")]
+
+
+def test_oversized_frame_is_skipped_and_reported_once() -> None:
+    """A frame over the limit is reported as Oversized and its payload skipped, in pieces."""
+    reader = FrameReader(max_message_size=10)
+    data = server_frame(OP_TEXT, b"y" * 5000) + server_frame(OP_TEXT, b"ok")
+    got = []
+    for start in range(0, len(data), 700):
+        got += reader.feed(data[start : start + 700])
+    assert got == [Oversized(5000), Message(OP_TEXT, b"ok")]
+    assert len(reader._buffer) == 0
+
+
+def test_oversized_fragmented_message_is_dropped_whole() -> None:
+    """Fragments that together pass the limit are dropped; the next message is intact."""
+    data = (
+        server_frame(OP_BINARY, b"a" * 6, fin=False)
+        + server_frame(OP_CONT, b"b" * 6, fin=False)
+        + server_frame(OP_CONT, b"c" * 6)
+        + server_frame(OP_TEXT, b"next")
+    )
+    assert FrameReader(max_message_size=10).feed(data) == [Oversized(18), Message(OP_TEXT, b"next")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes((0xC1, 0)),  # RSV1 set
+        bytes((0x83, 0)),  # unknown opcode 3
+        bytes((0x09, 0)),  # fragmented ping
+        bytes((0x89, 126)) + (200).to_bytes(2, "big") + b"p" * 200,  # long ping
+        server_frame(OP_CONT, b"x"),  # continuation of nothing
+        server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"),  # nested message
+    ],
+)
+def test_framing_violations_raise(data: bytes) -> None:
+    """Frames that break RFC 6455 raise FramingError."""
+    with pytest.raises(FramingError):
+        FrameReader().feed(data)
+
+
+def test_close_frame_is_a_message() -> None:
+    """A close frame comes out as a control message for the transport to answer."""
+    assert FrameReader().feed(server_frame(OP_CLOSE, b"\x03\xe8")) == [
+        Message(OP_CLOSE, b"\x03\xe8")
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_reader_fuzz(chunks: list[bytes]) -> None:
+    """Arbitrary bytes: the reader returns messages or raises FramingError, nothing else."""
+    reader = FrameReader(max_message_size=256)
+    try:
+        for chunk in chunks:
+            for item in reader.feed(chunk):
+                assert isinstance(item, (Message, Oversized))
+    except FramingError:
+        pass
