@@ -1,0 +1,61 @@
+"""The Django view: send the person's text to the avatar and answer its reply as JSON.
+
+Every request shares one client per process (:class:`~examples.shared_client.SharedClient`),
+made on the first request and closed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from avatar_im import AvatarIMError, InvalidArgumentError
+
+from ..shared_client import ReplyTimeout, SharedClient
+
+__all__ = ["REPLY_TIMEOUT", "say", "shared"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a request waits for the avatar's reply.
+REPLY_TIMEOUT = 10.0
+#: The longest text a person may send.
+MAX_TEXT = 2000
+
+#: The process-wide client (lazy: it connects on the first request).
+shared = SharedClient.from_env(output_mode="audio")
+atexit.register(shared.close)
+
+
+# A JSON-only API: the Content-Type check below makes a cross-site form post impossible
+# (a browser sends application/json cross-site only after a CORS preflight, which fails).
+@csrf_exempt
+@require_POST
+def say(request: HttpRequest) -> HttpResponse:
+    """Send ``{"text": ...}`` to the avatar; answer ``{"reply": text, "content": {...}}``."""
+    if request.content_type != "application/json":
+        return JsonResponse({"error": "send Content-Type: application/json"}, status=415)
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        data = None
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return JsonResponse({"error": 'send a JSON object like {"text": "hello"}'}, status=400)
+    if len(text) > MAX_TEXT:
+        return JsonResponse({"error": f"text is longer than {MAX_TEXT} characters"}, status=400)
+    try:
+        content = shared.ask(text.strip(), timeout=REPLY_TIMEOUT)
+    except InvalidArgumentError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    except ReplyTimeout:
+        return JsonResponse({"error": "the avatar did not answer in time"}, status=504)
+    except AvatarIMError as exc:
+        logger.warning("avatar error: %s", exc)
+        return JsonResponse({"error": "the avatar service is unavailable"}, status=502)
+    return JsonResponse({"reply": content.get("text"), "content": content})

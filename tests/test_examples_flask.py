@@ -1,0 +1,176 @@
+"""Tests of examples/flask_app: the JSON view with Flask's test client, the page in Chromium."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT
+from flask import Flask
+from werkzeug.serving import make_server
+
+from avatar_im.server import Credentials, ReferenceServer
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+#: Where the browser test keeps its screenshot (git-ignored).
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def examples(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType]:
+    """The examples.flask_app.app and examples.shared_client modules."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    return (
+        importlib.import_module("examples.flask_app.app"),
+        importlib.import_module("examples.shared_client"),
+    )
+
+
+@pytest.fixture
+def make_app(examples: tuple[ModuleType, ModuleType]) -> Iterator[Any]:
+    """A factory of Flask apps sharing one client to the given URL; all clients closed after."""
+    app_module, shared_module = examples
+    made: list[Any] = []
+
+    def factory(url: str, **kwargs: Any) -> Flask:
+        shared = shared_module.SharedClient(url=url, **kwargs)
+        made.append(shared)
+        app: Flask = app_module.create_app(shared)
+        app.testing = True
+        return app
+
+    yield factory
+    for shared in made:
+        shared.close()
+
+
+def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, make_app: Any) -> None:
+    """POST /api/say answers the avatar's reply to the posted text as JSON."""
+    client = make_app(server.url, session_id="flask-1").test_client()
+    response = client.post("/api/say", json={"text": "  hello avatar  "})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["reply"] == "You said: hello avatar"
+    assert body["content"]["type"] == "textReply"
+    snapshot = server.session("flask-1")
+    assert snapshot is not None
+    assert snapshot.texts == ["hello avatar"]
+
+
+def test_views_share_one_client_made_on_first_use(server: ReferenceServer, make_app: Any) -> None:
+    """No connection before the first request; then every request uses the same one."""
+    client = make_app(server.url).test_client()
+    assert client.get("/").status_code == 200
+    assert server.stats.connections_total == 0
+    for n in range(3):
+        assert (
+            client.post("/api/say", json={"text": f"n{n}"}).get_json()["reply"] == f"You said: n{n}"
+        )
+    assert server.stats.connections_total == 1
+
+
+def test_concurrent_requests_each_get_their_own_reply(
+    server: ReferenceServer, make_app: Any
+) -> None:
+    """Requests served at once on several threads each get the reply to their own text."""
+    app = make_app(server.url)
+    replies: dict[int, Any] = {}
+
+    def request(n: int) -> None:
+        replies[n] = app.test_client().post("/api/say", json={"text": f"t{n}"}).get_json()
+
+    threads = [threading.Thread(target=request, args=(n,), name=f"req-{n}") for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert {n: body["reply"] for n, body in replies.items()} == {
+        n: f"You said: t{n}" for n in range(6)
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"json": {}}, {"json": {"text": "   "}}, {"json": {"text": 3}}, {"data": "not json"}],
+    ids=["no-text", "blank", "not-a-string", "not-json"],
+)
+def test_bad_input_is_a_400(
+    server: ReferenceServer, make_app: Any, payload: dict[str, Any]
+) -> None:
+    """A request without a non-blank text string is refused with 400 and sends nothing."""
+    response = make_app(server.url).test_client().post("/api/say", **payload)
+    assert response.status_code == 400
+    assert "error" in response.get_json()
+    assert server.stats.connections_total == 0
+
+
+def test_unavailable_avatar_is_a_502(make_app: Any) -> None:
+    """A server that refuses the credentials gives 502 with an error that leaks nothing."""
+    with ReferenceServer(credentials=Credentials(token="ok", app_id="a", tenant_id="t")) as srv:
+        app = make_app(srv.url, token="secret-wrong", app_id="a", tenant_id="t")
+        response = app.test_client().post("/api/say", json={"text": "hi"})
+        assert response.status_code == 502
+        assert "secret" not in response.get_data(as_text=True)
+        app.extensions["avatar_im"].close()
+
+
+def test_no_reply_in_time_is_a_504(
+    make_app: Any, examples: tuple[ModuleType, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose reply does not come within REPLY_TIMEOUT gets 504."""
+    monkeypatch.setattr(examples[0], "REPLY_TIMEOUT", 0.2)
+    with ReferenceServer(responder=lambda request: None) as srv:
+        app = make_app(srv.url)
+        response = app.test_client().post("/api/say", json={"text": "hi"})
+        assert response.status_code == 504
+        app.extensions["avatar_im"].close()
+
+
+def test_page_in_chromium_shows_the_reply(server: ReferenceServer, make_app: Any) -> None:
+    """A person types a sentence in the page in headless Chromium and sees the avatar's reply."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    app = make_app(server.url, session_id="browser-1")
+    http_server = make_server("127.0.0.1", 0, app, threaded=True)
+    serving = threading.Thread(target=http_server.serve_forever, name="flask-http")
+    serving.start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 800, "height": 500})
+                page.set_default_timeout(TIMEOUT * 1000)
+                page.goto(f"http://127.0.0.1:{http_server.server_port}/")
+                page.get_by_placeholder("Say something to the avatar").fill("Good morning!")
+                page.get_by_role("button", name="Send").click()
+                expect(page.locator("#log li.avatar")).to_have_text("You said: Good morning!")
+                expect(page.locator("#log li.you")).to_have_text("Good morning!")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "flask_page.png"))
+            finally:
+                browser.close()
+    finally:
+        http_server.shutdown()
+        serving.join(TIMEOUT)
+    snapshot = server.session("browser-1")
+    assert snapshot is not None
+    assert snapshot.texts == ["Good morning!"]
