@@ -82,6 +82,7 @@ class Transport:
         self._limit = max_message_size
         self._poll: select.poll | None = None
         self._aborted = False
+        self._peer_closed = False  # the server's close frame was read
 
     # ------------------------------------------------------------ lifecycle
 
@@ -163,7 +164,7 @@ class Transport:
         :class:`TransportClosed` when the connection ends.
         """
         sock = self._ws.sock
-        if sock is None:
+        if sock is None or self._peer_closed:
             raise TransportClosed("the connection is closed")
         try:
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
@@ -195,8 +196,13 @@ class Transport:
             elif message.opcode == OP_PING:
                 self._control(OP_PONG, message.payload)
             elif message.opcode == OP_CLOSE:
+                # Messages that came before the close (a "2" reason, say) still count:
+                # hand them out now and report the end on the next read.
                 self._control(OP_CLOSE, message.payload[:2])
-                raise TransportClosed("the server closed the connection")
+                self._peer_closed = True
+                if not out:
+                    raise TransportClosed("the server closed the connection")
+                break
         return out
 
     # ---------------------------------------------------------------- writing

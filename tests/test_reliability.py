@@ -289,6 +289,7 @@ def test_state_transitions_observable(server: ReferenceServer, make_client: Clie
     log = StateLog()
     client = make_client(reconnect=FAST, on_state=log)
     log.wait(ConnectionState.OPEN)
+    assert server.wait_for_connections(1, TIMEOUT)  # the server's side is registered too
     server.drop_connections()
     log.wait(ConnectionState.OPEN, count=2)
     client.close()
