@@ -62,6 +62,18 @@ def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
         print(text, flush=True)
 
 
+def _say_done(args: argparse.Namespace, client: AvatarIM) -> None:
+    """Print the closing summary: messages sent and acknowledged."""
+    stats = client.stats
+    _say(
+        args,
+        f"done: {stats.messages_sent} messages sent, {stats.acks_received} acknowledged",
+        event="done",
+        sent=stats.messages_sent,
+        acked=stats.acks_received,
+    )
+
+
 def _describe(message: dict[str, Any]) -> str:
     content = message.get("content")
     if not isinstance(content, dict):
@@ -105,14 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         client.flush(timeout)
         reply = client.receive(timeout)
         _say(args, f"<- {_describe(reply)}", event="received", message=reply)
-        stats = client.stats
-        _say(
-            args,
-            f"done: {stats.messages_sent} messages sent, {stats.acks_received} acknowledged",
-            event="done",
-            sent=stats.messages_sent,
-            acked=stats.acks_received,
-        )
+        _say_done(args, client)
     return 0
 
 
@@ -232,14 +237,7 @@ def _cmd_send_audio(args: argparse.Namespace) -> int:
         client.stop_session()
         client.flush(timeout)
         _print_replies(args, client, args.reply_wait)
-        stats = client.stats
-        _say(
-            args,
-            f"done: {stats.messages_sent} messages sent, {stats.acks_received} acknowledged",
-            event="done",
-            sent=stats.messages_sent,
-            acked=stats.acks_received,
-        )
+        _say_done(args, client)
     return 0
 
 

@@ -72,6 +72,7 @@ T_id = TypeVar("T_id")
 MessageCallback = Callable[[dict[str, Any]], object]
 AckErrorCallback = Callable[[AckError], object]
 StateCallback = Callable[[ConnectionState], object]
+Matcher = Callable[[dict[str, Any]], bool]
 
 
 @attrs.frozen
@@ -678,17 +679,28 @@ class AvatarIM:
 
     # --------------------------------------------------------------- inbound
 
-    def receive(self, timeout: float | None = None) -> dict[str, Any]:
+    def receive(
+        self, timeout: float | None = None, *, match: Matcher | None = None
+    ) -> dict[str, Any]:
         """Return the next business message from the server (its envelope), waiting if needed.
+
+        With *match*, return the oldest message for which ``match(message)`` is
+        true and leave the others buffered for other callers: several threads
+        can each wait for their own reply, for example
+        ``receive(5, match=lambda m: m["content"].get("replyTo") == message_id)``.
+        *match* runs with the receive buffer locked: keep it a quick, pure test
+        of the message.
 
         Raises :class:`ReceiveTimeout` after *timeout* seconds and
         :class:`ClientClosedError` once the client is closed and nothing is left.
         """
-        return self._pull(self._messages, timeout)
+        return self._pull(self._messages, timeout, match)
 
-    def receive_event(self, timeout: float | None = None) -> dict[str, Any]:
+    def receive_event(
+        self, timeout: float | None = None, *, match: Matcher | None = None
+    ) -> dict[str, Any]:
         """Return the next event (packet ``7``) from the server, waiting if needed."""
-        return self._pull(self._events, timeout)
+        return self._pull(self._events, timeout, match)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Yield business messages as they arrive, until the client is closed."""
@@ -701,14 +713,33 @@ class AvatarIM:
                 return
 
     def _pull(
-        self, buffer: collections.deque[dict[str, Any]], timeout: float | None
+        self,
+        buffer: collections.deque[dict[str, Any]],
+        timeout: float | None,
+        match: Matcher | None,
     ) -> dict[str, Any]:
         timeout = _require_timeout("timeout", timeout)
+        _require_callable("match", match)
+        found: list[dict[str, Any]] = []
+
+        def ready() -> bool:
+            if match is None:
+                if buffer:
+                    found.append(buffer.popleft())
+            else:
+                # The oldest match, found and removed in one pass (the buffer is bounded).
+                for index, item in enumerate(buffer):
+                    if match(item):
+                        del buffer[index]
+                        found.append(item)
+                        break
+            return bool(found) or self.closed
+
         with self._inbox_lock:
-            if not self._inbox_lock.wait_for(lambda: buffer or self.closed, timeout):
+            if not self._inbox_lock.wait_for(ready, timeout):
                 raise ReceiveTimeout(f"nothing received within {timeout}s")
-            if buffer:
-                return buffer.popleft()
+            if found:
+                return found[0]
         self._raise_if_closed()
         raise ClientClosedError("the client is closed")  # pragma: no cover - closed above
 

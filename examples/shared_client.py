@@ -4,8 +4,9 @@
 view needs it, starts the avatar session, and closes both at exit.  Its
 :meth:`SharedClient.ask` sends a text and returns the avatar's reply *to that
 text*: the client's pull API returns messages in arrival order for the whole
-client, so when several requests are in flight each one waits for the message
-whose ``content["replyTo"]`` is its own message id.
+client, so each request waits, with ``receive(match=...)``, for the message whose
+``content["replyTo"]`` is its own message id; other messages stay buffered for other
+requests (and drop out, oldest first, when the client's bounded buffer is full).
 
 Configuration comes from the environment (:meth:`SharedClient.from_env`):
 ``AVATAR_IM_URL`` (unset: an embedded reference server, for offline development),
@@ -20,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +67,6 @@ class SharedClient:
         self._lock = threading.Lock()
         self._client: AvatarIM | None = None
         self._server: ReferenceServer | None = None
-
-        # Routes replies to the requests waiting for them.  One waiting thread at a time
-        # (the "puller") calls client.receive() with the condition released; it files what it
-        # gets under _waiting[replyTo] and wakes the others, one of which pulls next.
-        self._replies = threading.Condition()
-        self._waiting: dict[str, dict[str, Any] | None] = {}
-        self._pulling = False
 
     @classmethod
     def from_env(cls, **session_options: Any) -> SharedClient:
@@ -129,47 +122,17 @@ class SharedClient:
         the client's errors (:class:`avatar_im.AvatarIMError`) as they are.
         """
         client = self.client()
-        deadline = time.monotonic() + timeout
-        with self._replies:
-            # Sent with the condition held, so no puller can take the reply before it is awaited.
-            message_id = client.send_text(text)
-            self._waiting[message_id] = None
-            try:
-                while (reply := self._waiting[message_id]) is None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise ReplyTimeout(f"no reply to {message_id} within {timeout}s")
-                    if self._pulling:
-                        self._replies.wait(remaining)
-                    else:
-                        self._pull(client, remaining)
-                return reply
-            finally:
-                del self._waiting[message_id]
+        message_id = client.send_text(text)
 
-    def _pull(self, client: AvatarIM, timeout: float) -> None:
-        """Receive one message and file it for its waiter.
+        def is_reply(message: dict[str, Any]) -> bool:
+            content = message.get("content")
+            return isinstance(content, dict) and content.get("replyTo") == message_id
 
-        Needs ``_replies`` held; releases it while receiving, holds it again on return.
-        """
-        self._pulling = True
-        self._replies.release()
-        message: dict[str, Any] | None = None
         try:
-            message = client.receive(timeout)
+            reply: dict[str, Any] = client.receive(timeout, match=is_reply)["content"]
         except ReceiveTimeout:
-            pass
-        finally:
-            self._replies.acquire()
-            self._pulling = False
-            if message is not None:
-                content = message.get("content")
-                reply_to = content.get("replyTo") if isinstance(content, dict) else None
-                if isinstance(reply_to, str) and reply_to in self._waiting:
-                    self._waiting[reply_to] = content
-                else:  # pushes, startResult, replies to requests that gave up
-                    logger.debug("no request waits for this message: dropped")
-            self._replies.notify_all()
+            raise ReplyTimeout(f"no reply to {message_id} within {timeout}s") from None
+        return reply
 
     def close(self) -> None:
         """Close the client and the embedded server, if any (registered with ``atexit``)."""

@@ -413,3 +413,25 @@ def test_wait_ack_on_a_message_left_at_close_raises(
     client.close()
     with pytest.raises(ClientClosedError):
         client.wait_ack(mid, TIMEOUT)
+
+
+def test_receive_match_lets_threads_wait_for_their_own_reply(ready_client: AvatarIM) -> None:
+    """receive(match=...) takes the matching message and leaves the others buffered."""
+    ids = [ready_client.send_text(f"q{i}") for i in range(6)]
+    results: dict[str, str] = {}
+
+    def waiter(message_id: str) -> None:
+        message = ready_client.receive(
+            TIMEOUT, match=lambda m: m["content"].get("replyTo") == message_id
+        )
+        results[message_id] = message["content"]["text"]
+
+    threads = [threading.Thread(target=waiter, args=(mid,)) for mid in reversed(ids[1:])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == {mid: f"You said: q{i}" for i, mid in enumerate(ids) if i > 0}
+    assert ready_client.receive(TIMEOUT)["content"]["replyTo"] == ids[0]  # left for others
+    with pytest.raises(InvalidArgumentTypeError):
+        ready_client.receive(0.01, match="replyTo")  # type: ignore[arg-type]
