@@ -226,15 +226,19 @@ class Connection:
         """Notify the waiters that *events* concern; the lock must be held.
 
         Replies and server events wake nobody (the pull API has its own
-        condition).  Senders waiting for outbox room wake only once it has
-        drained below the low-water mark, so each finds room for a batch.
+        condition).  Senders waiting for outbox room: as many as slots were
+        freed (never a crowd for one slot), and all of them once the outbox
+        has drained below the low-water mark, so they refill it as a batch.
         """
         assert self._lock.locked()
         if any(not isinstance(e, _QUIET_EVENTS) for e in events):
             self._changed.notify_all()
         size = self.protocol.outbox_size
-        if size < outbox_before and size <= self._low_water:
-            self._room.notify_all()
+        if size < outbox_before:
+            if size <= self._low_water:
+                self._room.notify_all()
+            else:
+                self._room.notify(outbox_before - size)
 
     def _lost(self, transport: Transport) -> None:
         """Mark *transport*'s connection as lost (if it is still the current one)."""

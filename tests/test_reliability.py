@@ -316,3 +316,26 @@ def test_server_rate_limit_is_waited_out(make_client: ClientFactory) -> None:
         texts = limited.session("s0").texts
         assert sorted(texts) == sorted(f"r{i}" for i in range(100)) and len(set(texts)) == 100
         assert client.stats.rate_limited >= 1
+
+
+def test_blocked_sender_resumes_when_one_slot_frees(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A sender blocked on a full outbox proceeds as soon as a single ack frees a slot."""
+    client = ready(make_client(max_outbox=16, send_timeout=60))
+    server.faults.ack_delay = 0.5
+    first = client.send_text("m0")
+    assert server.wait_for(lambda: len(server.session("s0").texts) == 1, TIMEOUT)
+    server.faults.drop_acks = True  # m0's ack is already scheduled; no other ack will come
+    for i in range(1, 16):
+        client.send_text(f"m{i}")
+    assert server.wait_for(lambda: len(server.session("s0").texts) == 16, TIMEOUT)
+    # The outbox is full: this send waits for m0's ack, the one slot that will ever free.
+    blocked = threading.Thread(target=client.send_text, args=("m16",))
+    blocked.start()
+    try:
+        assert server.wait_for(lambda: len(server.session("s0").texts) == 17, TIMEOUT)
+        client.wait_ack(first, 0)
+    finally:
+        client.close()  # wakes the sender if it is still waiting
+        blocked.join(TIMEOUT)
