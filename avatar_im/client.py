@@ -277,6 +277,7 @@ class AvatarIM:
     def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the connection is open; raise why it cannot be, or a timeout."""
         timeout = _require_timeout("timeout", timeout)
+        self._not_on_reader("wait_connected")
         connection = self._connection
         connection.wait_for(lambda p: p.connected, timeout)
         with connection.lock:
@@ -382,16 +383,15 @@ class AvatarIM:
         :class:`SessionNotStartedError` if no session is starting.
         """
         timeout = _require_timeout("timeout", timeout)
+        self._not_on_reader("wait_session_ready")
         connection = self._connection
         connection.wait_for(lambda p: p.session_state is not SessionState.STARTING, timeout)
         with connection.lock:
             state = connection.protocol.session_state
             error = connection.protocol.start_error
-        if state is SessionState.READY:
-            # The reader sets the event just after the state; wait for it (bounded).
-            self.session_ready.wait(1.0)
-            assert self.start_result is not None or not self.session_ready.is_set()
-            return self.start_result or {}
+            result = connection.protocol.start_result
+        if state is SessionState.READY and result is not None:
+            return result
         if state is SessionState.FAILED:
             raise SessionStartError(
                 f"the server refused to start the session: {error!r}", error=error
@@ -569,7 +569,7 @@ class AvatarIM:
     def send(self, frame: str) -> str | None:
         """Send a raw frame string as it is; returns its ``messageId`` if it is a ``5`` frame."""
         _require_str("frame", frame)
-        return self._submit(lambda p, now_ms: p.send_raw(frame))
+        return self._submit(lambda p, now_ms: p.send_raw(frame, self._max_message_size))
 
     def _audio_base64(self, data: object, encoded: object) -> str:
         if (data is None) == (encoded is None):
@@ -630,6 +630,14 @@ class AvatarIM:
         connection.flush()
         return message_id
 
+    def _not_on_reader(self, what: str) -> None:
+        """Refuse a blocking wait inside a callback: it would wait on its own thread."""
+        if threading.current_thread() is self._connection.reader:
+            raise AvatarIMError(
+                f"{what}() cannot wait inside a callback: callbacks run on the reader thread, "
+                "which is what delivers what it would wait for"
+            )
+
     def _raise_if_closed(self) -> None:
         with self._connection.lock:
             self._raise_if_closed_locked()
@@ -653,6 +661,7 @@ class AvatarIM:
         """
         _require_str("message_id", message_id)
         timeout = _require_timeout("timeout", timeout)
+        self._not_on_reader("wait_ack")
         connection = self._connection
         done = connection.wait_for(lambda p: not p.is_pending(message_id), timeout)
         with connection.lock:
@@ -670,6 +679,7 @@ class AvatarIM:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is acknowledged (or refused)."""
         timeout = _require_timeout("timeout", timeout)
+        self._not_on_reader("flush")
         connection = self._connection
         if connection.wait_for(lambda p: p.outbox_size == 0, timeout):
             return
@@ -720,6 +730,8 @@ class AvatarIM:
     ) -> dict[str, Any]:
         timeout = _require_timeout("timeout", timeout)
         _require_callable("match", match)
+        if threading.current_thread() is self._connection.reader:
+            timeout = 0  # in a callback: only what is already buffered, never a wait
         found: list[dict[str, Any]] = []
 
         def ready() -> bool:

@@ -99,6 +99,9 @@ class Connection:
         self._room = threading.Condition(self._lock)
         self._low_water = protocol.max_outbox - max(1, protocol.max_outbox // 8)
         self._send_lock = threading.Lock()
+        # Serialises on_state calls so they arrive in order and never after a later state.
+        # Reentrant: on_state may call close().  Held only around that user callback.
+        self._state_reports = threading.RLock()
         # Set by close(); wakes the reader out of a backoff wait.
         self._stop = threading.Event()
 
@@ -130,7 +133,7 @@ class Connection:
                 target=self._run, name=f"avatar-im-reader-{next(_reader_ids)}", daemon=True
             )
             self._reader = reader
-        self._on_state(ConnectionState.CONNECTING)
+        self._report_state(ConnectionState.CONNECTING)
         reader.start()
 
     def wait_for(self, predicate: Callable[[ClientProtocol], bool], timeout: float | None) -> bool:
@@ -189,7 +192,7 @@ class Connection:
             if reader.is_alive():
                 logger.error("reader thread %s did not stop within %.1fs", reader.name, timeout)
         if not already_closed:
-            self._on_state(ConnectionState.CLOSED)
+            self._report_state(ConnectionState.CLOSED)
 
     # ------------------------------------------------------------ writing
 
@@ -204,9 +207,6 @@ class Connection:
                     with self._lock:
                         frames = protocol.data_to_send()
                         transport = self._transport
-                        if frames and not protocol.require_acks:
-                            self._changed.notify_all()
-                            self._room.notify_all()
                     if not frames or transport is None:
                         break
                     try:
@@ -215,6 +215,10 @@ class Connection:
                         logger.debug("write failed: %s", exc)
                         self._lost(transport)
                         break
+                    with self._lock:
+                        if protocol.write_done():  # entries that wait for no ack are delivered
+                            self._changed.notify_all()
+                            self._room.notify_all()
             finally:
                 self._send_lock.release()
             # Frames queued while we released the lock would be stranded: look again.
@@ -260,8 +264,14 @@ class Connection:
                 return False
             self._set_state(state)
             self._changed.notify_all()
-        self._on_state(state)
+        self._report_state(state)
         return True
+
+    def _report_state(self, state: ConnectionState) -> None:
+        """Call on_state(state) unless the state moved on meanwhile (no stale report)."""
+        with self._state_reports:
+            if self.state is state:
+                self._on_state(state)
 
     def _run(self) -> None:
         attempt = 0
@@ -292,6 +302,10 @@ class Connection:
                     continue
 
                 with self._lock:
+                    if self._stopping:  # close() came during the handshake
+                        self._transport = None
+                        transport.close()
+                        return
                     self.protocol.connection_made(time.monotonic())
                     self._changed.notify_all()
                 logger.info("connected to %s", redact_url(self._url))
@@ -363,7 +377,7 @@ class Connection:
             self._set_state(ConnectionState.CLOSED)
             self._changed.notify_all()
             self._room.notify_all()
-        self._on_state(ConnectionState.CLOSED)
+        self._report_state(ConnectionState.CLOSED)
 
     def _read(self, transport: Transport) -> ServerDisconnect | DeadPeer | None:
         """Read until the connection ends; return why (``None``: lost or closed)."""

@@ -72,6 +72,16 @@ RATE_LIMITED = "RATE_LIMITED"
 RATE_LIMIT_PAUSE = 0.25
 
 
+def _check_size(frame: str, max_size: int | None) -> None:
+    """Refuse a frame over *max_size* bytes: the server would close (1009) and a resend loop."""
+    if max_size is not None and len(frame) * 4 > max_size:
+        size = len(frame.encode("utf-8", "surrogatepass"))
+        if size > max_size:
+            raise InvalidArgumentError(
+                f"the message is {size} bytes, over the {max_size}-byte limit"
+            )
+
+
 class SessionState(enum.Enum):
     """Where the avatar session stands, as the application sees it."""
 
@@ -229,6 +239,8 @@ class ClientProtocol:
         self.session_state = SessionState.IDLE
         self.session_options: SessionOptions | None = None
         self.start_error: object = None
+        #: The envelope of the last ``startResult``.
+        self.start_result: dict[str, Any] | None = None
         # True while a start is pending: gated messages wait behind it.
         self._gate_closed = False
         self._start_id: str | None = None
@@ -236,6 +248,9 @@ class ClientProtocol:
         # Incremented each time the client starts the session again by itself.
         self._epoch = 0
         self._last_ms = 0
+        self._stop_id: str | None = None  # the last stop sent, while it may be unacked
+        self._requeue_anchor: str | None = None  # see _requeue_behind_start()
+        self._restore_stopped = False  # a restart happened with a stop still queued
         self.session_restarts = 0
 
         # Unacknowledged messages in send order (dicts keep insertion order).
@@ -244,6 +259,8 @@ class ClientProtocol:
         self._to_write: collections.deque[str] = collections.deque()
         self._raw_seq = 0
         self._events: list[Event] = []
+        # Keys handed out by data_to_send() that leave the outbox once written.
+        self._in_write: list[str] = []
         # The last refusals, for wait_ack() after the entry left the outbox (bounded).
         self._refused: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._ping_due = False
@@ -274,6 +291,7 @@ class ClientProtocol:
         self._ping_due = False
         written = len(self._outbox) - len(self._to_write)
         self.counters.messages_resent += max(0, written)
+        self._in_write.clear()  # not known to be written: they stay and go again
         # Unwritten raw frames are kept; written ones cannot be acked, so they are gone.
         self._to_write = collections.deque(self._outbox)
         if self.session_state is SessionState.STARTING and self._start_id not in self._outbox:
@@ -328,6 +346,9 @@ class ClientProtocol:
         self._last_ms = now_ms
         message_id = self._enqueue(self.prepare(content, now_ms), gated=False, is_start=True)
         self._start_content = content
+        self._epoch += 1  # what was written before this start belongs to the previous one
+        self._requeue_anchor = message_id
+        self._restore_stopped = False
         self.session_state = SessionState.STARTING
         self.session_options = options
         self.start_error = None
@@ -340,6 +361,7 @@ class ClientProtocol:
         self._check_session()
         stop = {"type": "stop", "sessionId": self.session_id}
         message_id = self._enqueue(self.prepare(stop, now_ms))
+        self._stop_id = message_id
         self.session_state = SessionState.STOPPED
         return message_id
 
@@ -355,13 +377,7 @@ class ClientProtocol:
             frame = packets.encode_envelope(message_id, self.app_id, content)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgumentError(f"content cannot be encoded as JSON: {exc}") from exc
-        # A frame the server would refuse (close 1009) must not be resent for ever.
-        if max_size is not None and len(frame) * 4 > max_size:
-            size = len(frame.encode("utf-8", "surrogatepass"))
-            if size > max_size:
-                raise InvalidArgumentError(
-                    f"the message is {size} bytes, over the {max_size}-byte limit"
-                )
+        _check_size(frame, max_size)
         return message_id, frame
 
     def session_message(self, prepared: Prepared) -> str:
@@ -374,9 +390,13 @@ class ClientProtocol:
         self._check_open()
         return self._enqueue(prepared, gated=self._gate_closed)
 
-    def send_raw(self, frame: str) -> str | None:
-        """Queue a raw frame; a ``5`` frame with a ``messageId`` is tracked like any message."""
+    def send_raw(self, frame: str, max_size: int | None = None) -> str | None:
+        """Queue a raw frame; a ``5`` frame with a ``messageId`` is tracked like any message.
+
+        Raises :class:`InvalidArgumentError` for a frame over *max_size* bytes.
+        """
         self._check_open()
+        _check_size(frame, max_size)
         message_id: str | None = None
         if frame.startswith("5"):
             try:
@@ -434,8 +454,9 @@ class ClientProtocol:
     def data_to_send(self) -> list[str]:
         """Hand out the frames to write now, in order, and mark them written.
 
-        The caller must write them in this order on the current connection; if
-        the write fails it must report :meth:`connection_lost`.
+        The caller must write them in this order on the current connection,
+        then call :meth:`write_done`; if the write fails it must report
+        :meth:`connection_lost` instead (everything unacked is written again).
         """
         if not self.connected:
             return []
@@ -457,13 +478,24 @@ class ClientProtocol:
             to_write.popleft()
             entry.epoch = self._epoch
             frames.append(entry.frame)
-            if not entry.tracked:
-                del outbox[key]
-            elif not self.require_acks:
-                del outbox[key]
-                self._events.append(Acked(key))
+            if not entry.tracked or not self.require_acks:
+                # Done once the write succeeds: see write_done().
+                self._in_write.append(key)
             self.counters.messages_sent += 1
         return frames
+
+    def write_done(self) -> bool:
+        """The frames from the last :meth:`data_to_send` are written.
+
+        Entries that wait for no ack (raw frames, and everything when
+        ``require_acks`` is off) leave the outbox now.  Returns True if any did.
+        """
+        if not self._in_write:
+            return False
+        for key in self._in_write:
+            self._outbox.pop(key, None)
+        self._in_write.clear()
+        return True
 
     def events_received(self) -> list[Event]:
         """Hand out the events produced since the last call."""
@@ -508,14 +540,22 @@ class ClientProtocol:
         self._last_rx = now
         body = packet.body
         assert body is not None
-        if not self._seen.add(body["messageId"]):
+        content = body.get("content")
+        is_start_result = isinstance(content, dict) and content.get("type") == "startResult"
+        if not self._seen.add(body["messageId"]) and not (
+            # A startResult we wait for is never a duplicate: a restarted server may reuse ids.
+            is_start_result and self._gate_closed
+        ):
             self.counters.duplicates_dropped += 1
             return
-        content = body.get("content")
-        if isinstance(content, dict) and content.get("type") == "startResult":
+        if is_start_result:
             if self.session_state is SessionState.STARTING:
-                self.session_state = SessionState.READY
+                # After a restart caused by a lost session, a stop still queued wins.
+                stopped = self._restore_stopped
+                self.session_state = SessionState.STOPPED if stopped else SessionState.READY
+                self._restore_stopped = False
             self._gate_closed = False
+            self.start_result = body
             self._events.append(SessionReady(body))
         self._events.append(MessageReceived(body))
 
@@ -535,9 +575,15 @@ class ClientProtocol:
             return
         if error == SESSION_NOT_FOUND and entry.gated:
             if entry.epoch < self._epoch:
-                return  # refused before we restarted the session; it will be sent again
-            if self.session_state is SessionState.READY:
+                # Refused before the latest (re)start: it goes again, right behind that start.
+                if message_id not in self._to_write:
+                    self._requeue_behind_start(message_id)
+                return
+            state = self.session_state
+            stop_pending = self._stop_id is not None and self._stop_id in self._outbox
+            if state is SessionState.READY or (state is SessionState.STOPPED and stop_pending):
                 self._restart_session((message_id,))
+                self._restore_stopped = state is SessionState.STOPPED
                 return
         del self._outbox[message_id]
         self.counters.acks_received += 1
@@ -557,6 +603,19 @@ class ClientProtocol:
             del self._outbox[key]
             self._refuse(key, START_REFUSED)
             self._events.append(Acked(key, START_REFUSED))
+
+    def _requeue_behind_start(self, key: str) -> None:
+        """Move *key* right behind the latest start (and what was moved before it); resend."""
+        anchor = self._requeue_anchor
+        entries = [(k, e) for k, e in self._outbox.items() if k != key]
+        moved = self._outbox[key]
+        at = next((i + 1 for i, (k, _) in enumerate(entries) if k == anchor), 0)
+        entries.insert(at, (key, moved))
+        queued = set(self._to_write)
+        queued.add(key)
+        self._outbox = dict(entries)
+        self._to_write = collections.deque(k for k in self._outbox if k in queued)
+        self._requeue_anchor = key
 
     def _restart_session(self, first: tuple[str, ...]) -> None:
         """The server lost our session: start it again, then resend in the original order.
@@ -580,6 +639,7 @@ class ClientProtocol:
                 self._outbox[key] = old[key]
         self._to_write = collections.deque(self._outbox)
         self._start_id = start_id
+        self._requeue_anchor = first[-1] if first else start_id
         self.session_state = SessionState.STARTING
         self._gate_closed = True
         self._events.append(SessionLost())

@@ -179,12 +179,19 @@ def test_events_are_passed_on() -> None:
 
 
 def test_without_acks_delivered_on_write() -> None:
-    """With require_acks=False a message leaves the outbox when written."""
+    """With require_acks=False a message leaves the outbox once its write is done, not before."""
     p = make(require_acks=False)
     mid = p.send_message(p.prepare({"x": 1}, 1))
     assert p.is_pending(mid)
     p.data_to_send()
-    assert not p.is_pending(mid)
+    assert p.is_pending(mid)  # handed out, not yet written
+    assert p.write_done() and not p.is_pending(mid)
+    lost = p.send_message(p.prepare({"x": 2}, 1))
+    p.data_to_send()
+    p.connection_lost()  # the write failed: it stays and goes again
+    p.connection_made(1.0)
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [lost]
+    assert p.events_received() == []  # no event per message: memory stays flat
 
 
 def test_outbox_bound_and_closed() -> None:
@@ -251,3 +258,41 @@ def test_oversized_outgoing_message_refused_at_the_call() -> None:
     with pytest.raises(InvalidArgumentError):
         p.prepare({"blob": "x" * 2000}, 1, max_size=1000)
     assert p.outbox_size == 0
+
+
+def test_message_refused_before_a_user_restart_goes_again_behind_the_new_start() -> None:
+    """A text written before start_session() again, then refused, is resent after its result."""
+    p = make()
+    first_start = p.start_session(SessionOptions(), 1)
+    p.data_to_send()
+    p.receive(ack(first_start), 0)
+    p.receive(start_result("r1"), 0)
+    text = p.session_message(p.prepare({"text": "in flight"}, 1))
+    assert len(p.data_to_send()) == 1
+    again = p.start_session(SessionOptions(), 2)
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [again]
+    p.receive(ack(text, error="SESSION_NOT_FOUND"), 0)  # the server had lost the session
+    assert p.is_pending(text) and p.refusal(text) is None
+    p.receive(ack(again), 0)
+    p.receive(start_result("r2"), 0)
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [text]
+
+
+def test_stop_after_a_lost_session_restarts_then_stops() -> None:
+    """Data and a stop queued while the server lost the session: restart, resend, stay stopped."""
+    p = make()
+    start = p.start_session(SessionOptions(), 1)
+    p.data_to_send()
+    p.receive(ack(start), 0)
+    p.receive(start_result("r1"), 0)
+    text = p.session_message(p.prepare({"text": "last words"}, 1))
+    stop = p.stop_session(1)
+    p.data_to_send()
+    p.receive(ack(text, error="SESSION_NOT_FOUND"), 0)
+    new_start = [json.loads(f[1:]) for f in p.data_to_send()]
+    assert [m["content"]["type"] for m in new_start] == ["start"]
+    p.receive(ack(stop, error="SESSION_NOT_FOUND"), 0)  # in flight before the restart
+    p.receive(ack(new_start[0]["messageId"]), 0)
+    p.receive(start_result("r2"), 0)
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [text, stop]
+    assert p.session_state is SessionState.STOPPED

@@ -40,7 +40,7 @@ def query_url(
 
 @pytest.fixture
 def srv() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as server:
+    with ReferenceServer(message_id_prefix="srv_") as server:
         yield server
 
 
@@ -567,7 +567,7 @@ def test_custom_responder(connect: Connect) -> None:
         seen.append(request)
         return [{"type": "a"}, {"type": "b", "to": request.message_id}]
 
-    with ReferenceServer(responder=responder) as server:
+    with ReferenceServer(responder=responder, message_id_prefix="srv_") as server:
         ws = connect(server)
         start(ws, sampleRate="8000")
         send(ws, "m1", audio("s1", b"\x00" * 160))
@@ -587,7 +587,7 @@ def test_failing_responder_still_acks(connect: Connect) -> None:
     def responder(request: Request) -> None:
         raise RuntimeError("boom")
 
-    with ReferenceServer(responder=responder) as server:
+    with ReferenceServer(responder=responder, message_id_prefix="srv_") as server:
         ws = connect(server)
         start(ws)
         send(ws, "m1", text("s1", "hi"))

@@ -48,6 +48,7 @@ import functools
 import http
 import itertools
 import logging
+import secrets
 import socket
 import ssl
 import threading
@@ -214,6 +215,8 @@ class ReferenceServer:
     *rate_burst* (beyond: ``RATE_LIMITED``, then ``CONNECTION_KICK_OUT``).
     *record_limit* keeps only the last so many messages, texts and audio
     chunks per session (``None``, the default: everything, for tests).
+    Server messages get the ids ``<message_id_prefix><n>``; the default
+    prefix, ``srv_<8 random hex digits>_``, differs for every server object.
     """
 
     def __init__(
@@ -233,6 +236,7 @@ class ReferenceServer:
         rate_limit: float | None = None,
         rate_burst: int = DEFAULT_RATE_BURST,
         record_limit: int | None = None,
+        message_id_prefix: str | None = None,
     ) -> None:
         if session_grace is not None and session_grace < 0:
             raise ValueError(f"session_grace must be >= 0 or None, got {session_grace!r}")
@@ -278,6 +282,11 @@ class ReferenceServer:
         self._accepting = False
         self._connection_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        # Unique per server object, so that a client which outlives one server process
+        # never takes the next process's messages for duplicates of the last one's.
+        self._id_prefix = (
+            f"srv_{secrets.token_hex(4)}_" if message_id_prefix is None else message_id_prefix
+        )
 
         # Serialises start(), stop() and restart(); held while they join threads.
         self._lifecycle = threading.Lock()
@@ -643,7 +652,7 @@ class ReferenceServer:
         return message_id
 
     def _new_message_id(self) -> str:
-        return f"srv_{next(self._message_ids)}"
+        return f"{self._id_prefix}{next(self._message_ids)}"
 
     def _send(self, conn: _Connection, frame: str | bytes) -> bool:
         """Send one frame; return ``False`` if the connection is already closed."""
