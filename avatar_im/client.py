@@ -391,6 +391,7 @@ class AvatarIM:
             error = connection.protocol.start_error
             result = connection.protocol.start_result
         if state is SessionState.READY and result is not None:
+            self.session_ready.set()  # the reader sets it too, a moment later; be consistent
             return result
         if state is SessionState.FAILED:
             raise SessionStartError(
@@ -859,11 +860,9 @@ def _transport_options(
         parts = urlsplit(proxy)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise InvalidArgumentError("proxy must look like http://[user:password@]host:port")
-        options.update(http_proxy_host=parts.hostname, http_proxy_port=parts.port)
-        options["proxy_type"] = "http"
-        if parts.username:
-            options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))
-    # Without proxy=..., websocket-client follows http_proxy / https_proxy / no_proxy.
+        auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+        options["proxy"] = (parts.hostname, parts.port, auth)
+    # Without proxy=..., the environment's http_proxy / https_proxy / no_proxy apply.
     return options
 
 

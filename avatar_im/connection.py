@@ -122,8 +122,13 @@ class Connection:
 
     def start(self) -> None:
         """Start the reader thread (which connects)."""
+        old = self._reader
+        if old is not None and old.is_alive() and self.state is ConnectionState.CLOSED:
+            old.join(1.0)  # the reader of a closed connection is on its way out
         with self._lock:
             if self._reader is not None and self._reader.is_alive():
+                if self.state is ConnectionState.CLOSED:
+                    raise ConnectionFailedError("the previous connection's thread did not stop")
                 return
             self._stopping = False
             self.failure = None
@@ -348,13 +353,12 @@ class Connection:
                 self._changed.notify_all()
 
     def _open(self, transport: Transport) -> None:
-        options = {
-            k: v
-            for k, v in self._transport_options.items()
-            if k not in ("sslopt", "max_message_size")
-        }
-        io_timeout = self.protocol.dead_after
-        transport.open(self._url, timeout=self._connect_timeout, io_timeout=io_timeout, **options)
+        transport.open(
+            self._url,
+            timeout=self._connect_timeout,
+            io_timeout=self.protocol.dead_after,
+            proxy=self._transport_options.get("proxy"),
+        )
 
     def _backoff(self, attempt: int, error: ConnectionFailedError | None) -> bool:
         """Wait before reconnect attempt *attempt*; False when the client must stop."""

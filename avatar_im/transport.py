@@ -25,10 +25,13 @@ import os
 import select
 import socket
 import ssl
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import websocket
 
+from .dial import Dialer, Proxy, proxy_from_environment
 from .exceptions import (
     AuthenticationError,
     CertificateError,
@@ -77,7 +80,9 @@ class Transport:
     def __init__(
         self, *, sslopt: dict[str, Any] | None = None, max_message_size: int | None = None
     ) -> None:
-        self._ws = websocket.WebSocket(enable_multithread=True, sslopt=sslopt)
+        self._ws = websocket.WebSocket(enable_multithread=True)
+        self._sslopt = sslopt
+        self._dialer = Dialer()
         self._reader = FrameReader(max_message_size)
         self._limit = max_message_size
         self._poll: select.poll | None = None
@@ -86,17 +91,39 @@ class Transport:
 
     # ------------------------------------------------------------ lifecycle
 
-    def open(self, url: str, *, timeout: float, **options: Any) -> None:
+    def open(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        io_timeout: float | None = None,
+        proxy: Proxy | None = None,
+        use_environment_proxy: bool = True,
+    ) -> None:
         """Connect and finish the handshake within *timeout* seconds, or raise.
 
-        Afterwards reads and writes block (the socket timeout is set to
-        *io_timeout* given in *options*, ``None`` for no limit).
+        The socket is dialed here (see :mod:`.dial`), so :meth:`abort` can stop
+        every step; ``websocket-client`` only performs the HTTP upgrade on it.
+        Without *proxy*, the standard proxy environment variables apply.
+        Afterwards reads and writes block for at most *io_timeout* seconds.
         """
-        io_timeout = options.pop("io_timeout", None)
         shown = redact_url(url)
+        parts = urlsplit(url)
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
         try:
+            port = parts.port or (443 if secure else 80)
+            if proxy is None and use_environment_proxy:
+                proxy = proxy_from_environment(host, secure)
+            deadline = time.monotonic() + timeout
+            sock = self._dialer.dial(
+                host, port, secure=secure, timeout=timeout, proxy=proxy, sslopt=self._sslopt
+            )
             self._ws.connect(  # type: ignore[no-untyped-call]
-                url, timeout=timeout, suppress_origin=True, **options
+                url,
+                socket=sock,
+                timeout=max(0.001, deadline - time.monotonic()),
+                suppress_origin=True,
             )
         except websocket.WebSocketBadStatusException as exc:
             status = exc.status_code
@@ -112,7 +139,7 @@ class Transport:
                 f"{shown}: the server's certificate failed verification: {exc.verify_message}"
             ) from None
         except (websocket.WebSocketException, OSError, ValueError) as exc:
-            # The message of websocket-client's errors can hold the URL: do not repeat it.
+            # The message of these errors can hold the URL: do not repeat it.
             raise ConnectionFailedError(f"{shown}: cannot connect ({type(exc).__name__})") from None
         if self._aborted:
             self._ws.shutdown()  # type: ignore[no-untyped-call]
@@ -120,8 +147,12 @@ class Transport:
         self._ws.settimeout(io_timeout)
 
     def abort(self) -> None:
-        """Shut the socket down now, from any thread; wakes blocked readers and writers."""
+        """Shut the socket down now, from any thread; wakes blocked readers and writers.
+
+        While connecting, it stops the dialing (see :class:`~.dial.Dialer`).
+        """
         self._aborted = True
+        self._dialer.abort()
         sock = self._ws.sock
         if sock is not None:
             with contextlib.suppress(OSError):
