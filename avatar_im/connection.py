@@ -93,11 +93,14 @@ class Connection:
         self._on_state = on_state
         self._transport_options = dict(transport_options or {})
 
+        # Guards the protocol and the attributes below; never held across I/O or callbacks.
         self._lock = threading.Lock()
+        # Waiters on protocol state (acks, session, connection); see _wake().
         self._changed = threading.Condition(self._lock)
-        # Senders waiting for outbox room; notified only below the low-water mark.
+        # Senders waiting for outbox room: woken one per freed slot, all at the low-water mark.
         self._room = threading.Condition(self._lock)
         self._low_water = protocol.max_outbox - max(1, protocol.max_outbox // 8)
+        # One writer at a time, so frames leave in protocol order (see flush()).
         self._send_lock = threading.Lock()
         # Serialises on_state calls so they arrive in order and never after a later state.
         # Reentrant: on_state may call close().  Held only around that user callback.
