@@ -70,6 +70,27 @@ class Throughput:
     send_rate: float = 0.0  #: messages per second for the send loop alone (floor only)
 
 
+def run_senders(
+    loop: Callable[[int], None], n: int, threads: int, deadline: Deadline
+) -> list[threading.Thread]:
+    """Run *loop* for *n* messages on this thread, or split over *threads* threads.
+
+    Returns the worker threads (empty for one thread), joined up to the deadline.
+    """
+    if threads == 1:
+        loop(n)
+        return []
+    workers = [
+        threading.Thread(target=loop, args=(n // threads,), name=f"bench-sender-{i}")
+        for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(deadline.remaining())
+    return workers
+
+
 # ------------------------------------------------------------------ the SDK
 
 
@@ -110,19 +131,9 @@ def _sdk_throughput(url: str, n: int, threads: int, cap: float, send: str) -> Th
 
         cpu0 = cpu_seconds()
         t0 = time.perf_counter()
-        if threads == 1:
-            loop(n)
-        else:
-            workers = [
-                threading.Thread(target=loop, args=(n // threads,), name=f"bench-sender-{i}")
-                for i in range(threads)
-            ]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(deadline.remaining())
-            if any(worker.is_alive() for worker in workers):
-                raise Capped(f"sdk {send} x{threads}: senders still running at the cap")
+        workers = run_senders(loop, n, threads, deadline)
+        if any(worker.is_alive() for worker in workers):
+            raise Capped(f"sdk {send} x{threads}: senders still running at the cap")
         deadline.check(f"sdk {send} x{threads}")
         try:
             client.flush(deadline.remaining())
@@ -214,17 +225,7 @@ def _handwritten(
 
         cpu0 = cpu_seconds()
         t0 = time.perf_counter()
-        if threads == 1:
-            loop(n)
-        else:
-            workers = [
-                threading.Thread(target=loop, args=(n // threads,), name=f"bench-sender-{i}")
-                for i in range(threads)
-            ]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(deadline.remaining())
+        run_senders(loop, n, threads, deadline)
         reader.wait(deadline, f"hand-written x{threads}")
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
