@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -28,6 +27,7 @@ from . import audio
 from .audio import AudioSource, AudioStream
 from .backoff import ReconnectPolicy
 from .connection import Connection, ConnectionState
+from .dial import parse_proxy
 from .exceptions import (
     AckError,
     AckTimeout,
@@ -91,6 +91,7 @@ class ClientStats:
     pings_sent: int
     inbound_dropped: int
     rate_limited: int
+    session_restarts: int
 
 
 def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
@@ -206,7 +207,6 @@ class AvatarIM:
         self.tenant_id = tenant_id
         self.session_id = session_id
         self._url = build_url(url, token=token, app_id=app_id, tenant_id=tenant_id)
-        self._token = token
         self.on_message = on_message
         self.on_event = on_event
         self.on_ack_error = on_ack_error
@@ -352,6 +352,7 @@ class AvatarIM:
                 pings_sent=c.pings_sent,
                 inbound_dropped=self._inbound_dropped,
                 rate_limited=c.rate_limited,
+                session_restarts=connection.protocol.session_restarts,
             )
 
     @property
@@ -373,7 +374,7 @@ class AvatarIM:
         session_options = SessionOptions.from_kwargs(options)
         self.session_ready.clear()
         self.start_result = None
-        return self._submit(lambda p, now_ms: p.start_session(session_options, now_ms))
+        return self._submit(lambda p: p.start_session(session_options, _now_ms()))
 
     def wait_session_ready(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for ``startResult`` and return its envelope.
@@ -405,7 +406,7 @@ class AvatarIM:
     def stop_session(self) -> str:
         """Stop the session; returns the ``stop`` message's id.  Later data sends raise."""
         self.session_ready.clear()
-        return self._submit(lambda p, now_ms: p.stop_session(now_ms))
+        return self._submit(lambda p: p.stop_session(_now_ms()))
 
     def refresh_context(self, **options: Any) -> str:
         """Send ``refreshContext`` with the given (validated) session options."""
@@ -570,7 +571,7 @@ class AvatarIM:
     def send(self, frame: str) -> str | None:
         """Send a raw frame string as it is; returns its ``messageId`` if it is a ``5`` frame."""
         _require_str("frame", frame)
-        return self._submit(lambda p, now_ms: p.send_raw(frame, self._max_message_size))
+        return self._submit(lambda p: p.send_raw(frame, self._max_message_size))
 
     def _audio_base64(self, data: object, encoded: object) -> str:
         if (data is None) == (encoded is None):
@@ -608,12 +609,12 @@ class AvatarIM:
     def _submit_message(self, content: Any, *, session: bool) -> str:
         """Encode *content* off the lock, then queue it (as session data if *session*)."""
         protocol = self._connection.protocol
-        prepared = protocol.prepare(content, time.time_ns() // 1_000_000, self._max_message_size)
+        prepared = protocol.prepare(content, _now_ms(), self._max_message_size)
         if session:
-            return self._submit(lambda p, _: p.session_message(prepared))
-        return self._submit(lambda p, _: p.send_message(prepared))
+            return self._submit(lambda p: p.session_message(prepared))
+        return self._submit(lambda p: p.send_message(prepared))
 
-    def _submit(self, command: Callable[[ClientProtocol, int], T_id]) -> T_id:
+    def _submit(self, command: Callable[[ClientProtocol], T_id]) -> T_id:
         """Run a send *command* on the protocol, waiting for outbox room if configured."""
         connection = self._connection
         with connection.lock:
@@ -627,7 +628,7 @@ class AvatarIM:
                     )
                 connection.room.wait_for(lambda: protocol.has_room() or protocol.closed, timeout)
                 self._raise_if_closed_locked()
-            message_id = command(protocol, time.time_ns() // 1_000_000)
+            message_id = command(protocol)
         connection.flush()
         return message_id
 
@@ -857,13 +858,17 @@ def _transport_options(
     if proxy is not None:
         _require_str("proxy", proxy)
         assert isinstance(proxy, str)
-        parts = urlsplit(proxy)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
+        parsed = parse_proxy(proxy) if proxy.startswith("http://") else None
+        if parsed is None:
             raise InvalidArgumentError("proxy must look like http://[user:password@]host:port")
-        auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
-        options["proxy"] = (parts.hostname, parts.port, auth)
+        options["proxy"] = parsed
     # Without proxy=..., the environment's http_proxy / https_proxy / no_proxy apply.
     return options
+
+
+def _now_ms() -> int:
+    """Wall-clock milliseconds, the timestamp in message ids."""
+    return time.time_ns() // 1_000_000
 
 
 def base64_encode(raw: bytes) -> str:

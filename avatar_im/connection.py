@@ -115,7 +115,7 @@ class Connection:
         self._transport: Transport | None = None
         self._stopping = False
         # The reader thread: connects, reads, keeps the heartbeat and
-        # reconnects.  Blocks in select() on the socket (bounded by the next
+        # reconnects.  Blocks in poll() on the socket (bounded by the next
         # heartbeat deadline), in the handshake, or in a backoff wait on
         # _stop.  Exits when close() sets _stopping and aborts the socket,
         # or when the connection fails for good.
@@ -211,8 +211,13 @@ class Connection:
             if not self._send_lock.acquire(blocking=False):
                 return  # the holder will write our frames too
             try:
+                written = False
                 while True:
                     with self._lock:
+                        # The last batch went out: entries that wait for no ack are delivered.
+                        if written and protocol.write_done():
+                            self._changed.notify_all()
+                            self._room.notify_all()
                         frames = protocol.data_to_send()
                         transport = self._transport
                     if not frames or transport is None:
@@ -223,10 +228,7 @@ class Connection:
                         logger.debug("write failed: %s", exc)
                         self._lost(transport)
                         break
-                    with self._lock:
-                        if protocol.write_done():  # entries that wait for no ack are delivered
-                            self._changed.notify_all()
-                            self._room.notify_all()
+                    written = True
             finally:
                 self._send_lock.release()
             # Frames queued while we released the lock would be stranded: look again.

@@ -28,7 +28,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["DialAborted", "Dialer", "ProxyError", "proxy_from_environment"]
+__all__ = ["DialAborted", "Dialer", "ProxyError", "parse_proxy", "proxy_from_environment"]
 
 _SLICE = 0.05  # seconds between checks for abort() while a TCP connect is pending
 
@@ -48,11 +48,23 @@ def proxy_from_environment(host: str, secure: bool) -> Proxy | None:
     url = urllib.request.getproxies().get("https" if secure else "http")
     if not url or urllib.request.proxy_bypass(host):
         return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if not parts.hostname:
+    return parse_proxy(url, default_port=8080)
+
+
+def parse_proxy(url: str, *, default_port: int | None = None) -> Proxy | None:
+    """``(host, port, (user, password) or None)`` of a ``[scheme://][user:pw@]host:port`` URL.
+
+    ``None`` when it names no host or no port (and there is no *default_port*).
+    """
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        port = parts.port or default_port
+    except ValueError:  # a port that is not a number
+        return None
+    if not parts.hostname or not port:
         return None
     auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
-    return parts.hostname, parts.port or 8080, auth
+    return parts.hostname, port, auth
 
 
 class Dialer:

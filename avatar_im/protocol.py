@@ -245,7 +245,8 @@ class ClientProtocol:
         self._gate_closed = False
         self._start_id: str | None = None
         self._start_content: dict[str, Any] | None = None
-        # Incremented each time the client starts the session again by itself.
+        # Incremented by every start, the user's or the client's own restart: a message
+        # written in an older epoch belongs to an earlier start (see _on_ack).
         self._epoch = 0
         self._last_ms = 0
         self._stop_id: str | None = None  # the last stop sent, while it may be unacked
@@ -510,8 +511,7 @@ class ClientProtocol:
         try:
             packet = packets.decode_frame(data)
         except ProtocolError as exc:
-            self.counters.garbage_frames += 1
-            self._events.append(GarbageReceived(exc, len(data)))
+            self._garbage(exc, len(data))
             return
         handler = self._handlers[packet.type]
         handler(self, packet, now)
@@ -519,8 +519,12 @@ class ClientProtocol:
     def receive_discarded(self, size: int, reason: str) -> None:
         """A message too large to keep was read and thrown away by the transport."""
         self.counters.frames_received += 1
+        self._garbage(ProtocolError(reason), size)
+
+    def _garbage(self, error: ProtocolError, size: int) -> None:
+        """Count a dropped frame and report it."""
         self.counters.garbage_frames += 1
-        self._events.append(GarbageReceived(ProtocolError(reason), size))
+        self._events.append(GarbageReceived(error, size))
 
     def _on_accepted(self, packet: Packet, now: float) -> None:
         if self.heartbeat_interval is not None:
@@ -650,9 +654,7 @@ class ClientProtocol:
 
     def _on_unexpected(self, packet: Packet, now: float) -> None:
         # A client-to-server packet type coming from the server.
-        self.counters.garbage_frames += 1
-        error = ProtocolError(f"packet {int(packet.type)} is not sent by servers")
-        self._events.append(GarbageReceived(error, 1))
+        self._garbage(ProtocolError(f"packet {int(packet.type)} is not sent by servers"), 1)
 
     _handlers: ClassVar[dict[PacketType, Callable[[ClientProtocol, Packet, float], None]]] = {
         PacketType.ACCEPTED: _on_accepted,

@@ -211,6 +211,7 @@ def test_restart_without_state_restarts_the_session(
         client.wait_ack(mid, TIMEOUT)
     assert server.session("s0").texts == ["x0", "x1", "x2"]
     assert client.session_state is SessionState.READY
+    assert client.stats.session_restarts == 1
 
 
 def test_dropped_acks_time_out_and_delivery_on_write_mode(
