@@ -24,9 +24,12 @@ from .exceptions import (
     ConnectionFailedError,
     ConnectTimeout,
     DeliveryError,
+    ForkedClientError,
     HandshakeError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    LifecycleError,
+    MessageDiscardedError,
     OutboxFullError,
     ProtocolError,
     ReceiveTimeout,
@@ -35,6 +38,7 @@ from .exceptions import (
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
+    UnknownMessageError,
 )
 from .options import SessionOptions
 from .protocol import SessionState
@@ -57,9 +61,12 @@ __all__ = [
     "ConnectionFailedError",
     "ConnectionState",
     "DeliveryError",
+    "ForkedClientError",
     "HandshakeError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "LifecycleError",
+    "MessageDiscardedError",
     "OutboxFullError",
     "ProtocolError",
     "ReceiveTimeout",
@@ -71,6 +78,7 @@ __all__ = [
     "SessionReadyTimeout",
     "SessionStartError",
     "SessionState",
+    "UnknownMessageError",
     "__version__",
 ]
 

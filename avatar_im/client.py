@@ -13,6 +13,7 @@ import base64
 import binascii
 import collections
 import logging
+import math
 import os
 import ssl
 import threading
@@ -23,11 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from . import audio
+from . import audio, forks
 from .audio import AudioSource, AudioStream
 from .backoff import ReconnectPolicy
 from .connection import Connection, ConnectionState
 from .dial import parse_proxy
+from .dispatch import Dispatcher
 from .exceptions import (
     AckError,
     AckTimeout,
@@ -37,11 +39,13 @@ from .exceptions import (
     ConnectTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    MessageDiscardedError,
     OutboxFullError,
     ReceiveTimeout,
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
+    UnknownMessageError,
 )
 from .ids import MessageIdFactory
 from .options import SessionOptions, refresh_fields
@@ -53,6 +57,7 @@ from .protocol import (
     EventReceived,
     GarbageReceived,
     MessageReceived,
+    Outcome,
     SessionLost,
     SessionReady,
     SessionStartFailed,
@@ -92,6 +97,8 @@ class ClientStats:
     inbound_dropped: int
     rate_limited: int
     session_restarts: int
+    callback_errors: int
+    callbacks_dropped: int
 
 
 def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
@@ -108,6 +115,10 @@ def _require_timeout(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentTypeError(
             f"{name} must be a number or None, got {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value > threading.TIMEOUT_MAX:
+        raise InvalidArgumentError(
+            f"{name} must be a finite number of seconds (or None for no limit), got {value!r}"
         )
     if value < 0:
         raise InvalidArgumentError(f"{name} must be >= 0, got {value!r}")
@@ -155,6 +166,8 @@ class AvatarIM:
         max_outbox: int = 10_000,
         send_timeout: float | None = None,
         receive_buffer: int = 1024,
+        dedupe_capacity: int = 4096,
+        dedupe_max_bytes: int | None = 2**20,
         auto_connect: bool = True,
         id_factory: MessageIdFactory | None = None,
         max_message_size: int | None = 16 * 2**20,
@@ -182,11 +195,18 @@ class AvatarIM:
             raise InvalidArgumentError("connect_timeout must be > 0")
         if reconnect is not None and not isinstance(reconnect, ReconnectPolicy):
             raise InvalidArgumentTypeError("reconnect must be a ReconnectPolicy or None")
-        for name, number in (("max_outbox", max_outbox), ("receive_buffer", receive_buffer)):
+        for name, number in (
+            ("max_outbox", max_outbox),
+            ("receive_buffer", receive_buffer),
+            ("dedupe_capacity", dedupe_capacity),
+            ("dedupe_max_bytes", 1 if dedupe_max_bytes is None else dedupe_max_bytes),
+        ):
             if isinstance(number, bool) or not isinstance(number, int):
                 raise InvalidArgumentTypeError(f"{name} must be an int")
             if number < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {number}")
+        if id_factory is not None and not callable(getattr(id_factory, "new", None)):
+            raise InvalidArgumentTypeError("id_factory must have a new(now_ms) method")
         self._send_timeout = _require_timeout("send_timeout", send_timeout)
         if max_message_size is not None and (
             isinstance(max_message_size, bool)
@@ -212,11 +232,6 @@ class AvatarIM:
         self.on_ack_error = on_ack_error
         self.on_state = on_state
 
-        #: Set while the session is ready (``startResult`` received), like the original's
-        #: ``sessionReady``; cleared by :meth:`start_session` and :meth:`stop_session`.
-        self.session_ready = threading.Event()
-        self.start_result: dict[str, Any] | None = None
-
         # The pull API's buffers; _inbox_lock guards both deques and _inbound_dropped.
         # Bounded: when full the oldest entry goes, counted and logged.
         self._inbox_lock = threading.Condition()
@@ -231,6 +246,8 @@ class AvatarIM:
             heartbeat_interval=heartbeat_interval,
             require_acks=require_acks,
             max_outbox=max_outbox,
+            dedupe_capacity=dedupe_capacity,
+            dedupe_max_bytes=dedupe_max_bytes,
             id_factory=id_factory,
         )
         self._connection = Connection(
@@ -242,10 +259,13 @@ class AvatarIM:
             on_state=self._handle_state,
             transport_options=transport_options,
         )
+        # Runs the application's callbacks on a thread of its own (see .dispatch).
+        self._dispatcher = Dispatcher(capacity=max(receive_buffer, 1024))
         self._opened = False
         # Audio streams running now (stream_audio); close() stops them.  Guarded by _audio_lock.
         self._audio_lock = threading.Lock()
         self._audio_streams: set[AudioStream] = set()
+        forks.register(self)
         if auto_connect:
             self.connect()
 
@@ -263,13 +283,9 @@ class AvatarIM:
         A no-op on a client that is already connecting or open.
         """
         timeout = _require_timeout("timeout", timeout)
-        connection = self._connection
-        if connection.state is ConnectionState.CLOSED:
-            with connection.lock:
-                protocol = connection.protocol
-                protocol.reopen()
-            self.session_ready.clear()
-            connection.start()
+        # Atomic: of two connect() calls at once, one starts the connection; a connect()
+        # on a live client changes nothing (it never resets a session or an outbox).
+        if self._connection.start(prepare=lambda p: p.reopen()):
             self._opened = True
         if timeout is not None:
             self.wait_connected(timeout)
@@ -290,17 +306,42 @@ class AvatarIM:
         """Close the connection; returns within about a second and leaves no thread running.
 
         Messages still waiting for an ack are discarded (call :meth:`flush`
-        first to wait for them).  Later calls raise :class:`ClientClosedError`.
+        first to wait for them): :meth:`wait_ack` on one raises
+        :class:`MessageDiscardedError`.  Later calls raise
+        :class:`ClientClosedError`.  Safe from any thread and from callbacks;
+        ``on_state(CLOSED)`` has run when it returns, unless that callback is
+        still blocked after the second (it then ends on its own).
         """
+        deadline = time.monotonic() + 1.0
         pending = self._connection.locked(lambda p: p.outbox_size)
         if pending and not self._connection.failure:
             logger.warning("closing with %d unacknowledged message(s)", pending)
         self._stop_audio_streams(join=False)  # signal first: no chunk starts after this
-        self._connection.close()
-        self._stop_audio_streams(join=True)
-        self.session_ready.clear()
+        self._connection.close(timeout=0.7)
+        self._stop_audio_streams(join=True, timeout=max(0.0, deadline - time.monotonic() - 0.2))
         with self._inbox_lock:
             self._inbox_lock.notify_all()
+        self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: fresh locks, no threads; the connection refuses use (see .forks)."""
+        self._inbox_lock = threading.Condition()
+        self._audio_lock = threading.Lock()
+        self._audio_streams = set()
+        self._dispatcher.after_fork_in_child()
+        self._connection._after_fork_in_child()
+
+    @property
+    def session_ready(self) -> threading.Event:
+        """Set while the session is ready (``startResult`` received), like the original's
+        ``sessionReady``; cleared by :meth:`start_session`, :meth:`stop_session`, a lost
+        session and :meth:`close`.  Wait on it, or call :meth:`wait_session_ready`."""
+        return self._connection.session_ready
+
+    @property
+    def start_result(self) -> dict[str, Any] | None:
+        """The envelope of the current session's ``startResult``, once it arrived."""
+        return self._connection.locked(lambda p: p.start_result)
 
     def __enter__(self) -> AvatarIM:
         return self
@@ -353,13 +394,16 @@ class AvatarIM:
                 inbound_dropped=self._inbound_dropped,
                 rate_limited=c.rate_limited,
                 session_restarts=connection.protocol.session_restarts,
+                callback_errors=self._dispatcher.errors,
+                callbacks_dropped=self._dispatcher.dropped,
             )
 
     @property
     def threads(self) -> list[threading.Thread]:
         """The client's live threads (for tests and diagnostics)."""
-        reader = self._connection.reader
-        return [reader] if reader is not None and reader.is_alive() else []
+        threads = self._connection.threads
+        dispatcher = self._dispatcher.thread
+        return [*threads, dispatcher] if dispatcher is not None else threads
 
     # --------------------------------------------------------------- session
 
@@ -372,8 +416,6 @@ class AvatarIM:
         ``format`` (``"pcm"``/``"wav"``), ``sample_rate`` (16000).
         """
         session_options = SessionOptions.from_kwargs(options)
-        self.session_ready.clear()
-        self.start_result = None
         return self._submit(lambda p: p.start_session(session_options, _now_ms()))
 
     def wait_session_ready(self, timeout: float | None = None) -> dict[str, Any]:
@@ -392,7 +434,6 @@ class AvatarIM:
             error = connection.protocol.start_error
             result = connection.protocol.start_result
         if state is SessionState.READY and result is not None:
-            self.session_ready.set()  # the reader sets it too, a moment later; be consistent
             return result
         if state is SessionState.FAILED:
             raise SessionStartError(
@@ -405,7 +446,6 @@ class AvatarIM:
 
     def stop_session(self) -> str:
         """Stop the session; returns the ``stop`` message's id.  Later data sends raise."""
-        self.session_ready.clear()
         return self._submit(lambda p: p.stop_session(_now_ms()))
 
     def refresh_context(self, **options: Any) -> str:
@@ -555,12 +595,13 @@ class AvatarIM:
             stream.run()
         return stream
 
-    def _stop_audio_streams(self, *, join: bool) -> None:
-        """Stop the running audio streams; with *join*, wait (bounded) for their threads."""
+    def _stop_audio_streams(self, *, join: bool, timeout: float = 0.5) -> None:
+        """Stop the running audio streams; with *join*, wait up to *timeout* for them all."""
         with self._audio_lock:
             streams = list(self._audio_streams)
+        deadline = time.monotonic() + timeout
         for stream in streams:
-            stream.stop(timeout=0.5 if join else 0)
+            stream.stop(timeout=max(0.0, deadline - time.monotonic()) if join else 0)
 
     def send_message(self, content: Any) -> str:
         """Send *content* wrapped in the business envelope; returns the message id."""
@@ -629,15 +670,20 @@ class AvatarIM:
                 connection.room.wait_for(lambda: protocol.has_room() or protocol.closed, timeout)
                 self._raise_if_closed_locked()
             message_id = command(protocol)
+            connection.after_command()
         connection.flush()
         return message_id
 
     def _not_on_reader(self, what: str) -> None:
-        """Refuse a blocking wait inside a callback: it would wait on its own thread."""
-        if threading.current_thread() is self._connection.reader:
+        """Refuse a blocking wait on the reader thread: it would wait on itself.
+
+        Callbacks run on the callback thread, where waits are fine; only code
+        of ours runs on the reader, so this guards against our own mistakes.
+        """
+        if self._connection.on_reader_thread():
             raise AvatarIMError(
-                f"{what}() cannot wait inside a callback: callbacks run on the reader thread, "
-                "which is what delivers what it would wait for"
+                f"{what}() cannot wait on the reader thread, which is what delivers "
+                "what it would wait for"
             )
 
     def _raise_if_closed(self) -> None:
@@ -658,23 +704,38 @@ class AvatarIM:
     def wait_ack(self, message_id: str, timeout: float | None = None) -> None:
         """Wait until the server acknowledged *message_id*.
 
-        Raises :class:`AckError` if the server refused it and :class:`AckTimeout`
-        if no ack came within *timeout* seconds.
+        Raises :class:`AckError` if the server refused it, :class:`AckTimeout`
+        if no ack came within *timeout* seconds, :class:`MessageDiscardedError`
+        if it was dropped unacknowledged by :meth:`close`, and
+        :class:`UnknownMessageError` for an id this client did not send (or
+        whose outcome it no longer remembers: the last
+        ``max(4096, max_outbox)`` outcomes are kept).
         """
         _require_str("message_id", message_id)
         timeout = _require_timeout("timeout", timeout)
         self._not_on_reader("wait_ack")
         connection = self._connection
-        done = connection.wait_for(lambda p: not p.is_pending(message_id), timeout)
+        connection.wait_for(lambda p: not p.is_pending(message_id), timeout)
         with connection.lock:
-            error = connection.protocol.refusal(message_id)
-            pending = connection.protocol.is_pending(message_id)
-        if error is not None:
+            outcome, error = connection.protocol.outcome(message_id)
+        if outcome is Outcome.DELIVERED:
+            return
+        if outcome is Outcome.REFUSED:
             raise AckError(
                 f"the server refused {message_id}: {error!r}", message_id=message_id, error=error
             )
-        if done or not pending:
-            return
+        if outcome is Outcome.DISCARDED:
+            failure = connection.failure
+            raise MessageDiscardedError(
+                f"{message_id} was discarded unacknowledged when the client closed"
+                + (f": {failure}" if failure is not None else ""),
+                message_id=message_id,
+            ) from failure
+        if outcome is Outcome.UNKNOWN:
+            raise UnknownMessageError(
+                f"{message_id} was not sent by this client, or is too old to be remembered",
+                message_id=message_id,
+            )
         self._raise_if_closed()
         raise AckTimeout(f"no ack for {message_id} within {timeout}s")
 
@@ -732,8 +793,8 @@ class AvatarIM:
     ) -> dict[str, Any]:
         timeout = _require_timeout("timeout", timeout)
         _require_callable("match", match)
-        if threading.current_thread() is self._connection.reader:
-            timeout = 0  # in a callback: only what is already buffered, never a wait
+        if self._connection.on_reader_thread():
+            timeout = 0  # never a wait on the thread that fills the buffer
         found: list[dict[str, Any]] = []
 
         def ready() -> bool:
@@ -775,14 +836,16 @@ class AvatarIM:
     # ----------------------------------------------------------- the reader
 
     def _handle_events(self, events: list[Event]) -> None:
-        """Called on the reader thread, no lock held: feed buffers, call callbacks."""
+        """Called on the reader thread, no lock held: feed buffers, queue callbacks.
+
+        Never runs application code here (see :mod:`.dispatch`).
+        """
         for event in events:
             if isinstance(event, MessageReceived):
                 self._buffer(self._messages, event.message)
                 self._callback(self.on_message, event.message)
             elif isinstance(event, SessionReady):
-                self.start_result = event.message
-                self.session_ready.set()
+                logger.debug("session %s ready", self.session_id)
             elif isinstance(event, Acked):
                 if event.error is not None:
                     error = AckError(
@@ -800,7 +863,6 @@ class AvatarIM:
             elif isinstance(event, GarbageReceived):
                 logger.warning("dropped a bad frame (%d chars): %s", event.size, event.error)
             elif isinstance(event, SessionLost):
-                self.session_ready.clear()
                 logger.info("the server lost session %s: starting it again", self.session_id)
             elif isinstance(event, SessionStartFailed):
                 logger.warning("the server refused the session start: %r", event.error)
@@ -808,20 +870,17 @@ class AvatarIM:
                 logger.debug("connection accepted")
 
     def _handle_state(self, state: ConnectionState) -> None:
+        """Called under the connection's lock on a state change: queue, never run, on_state."""
         logger.debug("state: %s", state.value)
         if state is ConnectionState.CLOSED:
             with self._inbox_lock:
                 self._inbox_lock.notify_all()
         self._callback(self.on_state, state)
 
-    @staticmethod
-    def _callback(callback: Callable[[Any], object] | None, argument: Any) -> None:
-        if callback is None:
-            return
-        try:
-            callback(argument)
-        except Exception:
-            logger.exception("callback %r raised; the client goes on", callback)
+    def _callback(self, callback: Callable[[Any], object] | None, argument: Any) -> None:
+        """Queue ``callback(argument)`` for the callback thread (in order, never here)."""
+        if callback is not None:
+            self._dispatcher.call(callback, argument)
 
 
 def _transport_options(

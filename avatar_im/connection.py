@@ -1,30 +1,65 @@
 """The threaded I/O shell that drives :class:`~avatar_im.protocol.ClientProtocol`.
 
-One thread per client, the *reader*, owns the receive side of the socket and
-the connection's life: it connects, reads frames, keeps the heartbeat (its
-wait for data times out at the protocol's next deadline, so no timer thread
-is needed), and reconnects with the :class:`~avatar_im.backoff.ReconnectPolicy`.
+The life of a connection is one state machine, owned by :class:`Connection`
+and changed only under its lock::
 
-Writes happen on the thread that produced them, with no hand-off: after any
-input the thread calls :meth:`Connection.flush`, which takes every frame the
-protocol has ready and writes them with one ``sendall``.  Only one thread
-writes at a time (``_send_lock``); a thread that finds the lock taken leaves
-its frames to the holder, which loops until nothing is left.  So a caller
-that outpaces the socket gets its frames coalesced, and the reader never
-blocks behind a stuck writer.
+    CLOSED ──connect()──▶ CONNECTING ──handshake──▶ OPEN
+      ▲                      │   ▲                  │
+      │                      ▼   │ handshake        │ lost / dead peer / "2" that
+      │                   RECONNECTING ◀────────────┘ asks to reconnect
+      │                      │
+      └── close(), a final error (401, a final "2", attempts exhausted),
+          from any state
+
+Any other change raises :class:`~avatar_im.exceptions.LifecycleError`
+naming it.  Every ``connect()`` from ``CLOSED`` starts a new *generation*
+(a number under the lock) with a reader thread of its own; ``close()`` and a
+final error end the generation.  A thread acts on the protocol only while
+its generation is current, so a late reader of an earlier generation can
+never touch a newer connection, and two ``connect()`` calls at once start one
+reader: the second finds the state no longer ``CLOSED``.
+
+Threads:
+
+* the *reader* (one per generation, ``avatar-im-reader-N``) connects, reads,
+  keeps the heartbeat (its wait for data times out at the protocol's next
+  deadline, so no timer thread is needed), drains what writers left in the
+  transport's buffer, and reconnects with the
+  :class:`~avatar_im.backoff.ReconnectPolicy`.  It blocks in ``poll`` (bounded
+  by the next heartbeat deadline), in the handshake (bounded by
+  ``connect_timeout``, interrupted by ``close()``), or in a backoff wait on its
+  generation's wake-up event.  It exits when its generation ends.  It never
+  runs application code: events go to ``on_events``, which only queues them
+  (see :mod:`.dispatch`), so a slow callback cannot stall the heartbeat.
+* writers: any thread that sends calls :meth:`Connection.flush`, which takes
+  the frames the protocol has ready and hands them to the transport, which
+  sends what the socket takes at once and leaves the rest for the reader.
+  So no send blocks on the socket, whatever the peer does; above
+  :data:`HIGH_WATER` buffered bytes, frames stay in the protocol's outbox
+  (bounded by ``max_outbox``) until the reader has drained the buffer.
 
 Locks:
 
-* ``_lock`` guards the protocol and every attribute below it; held only for
-  protocol calls, never across I/O or user callbacks.  ``_changed`` (a
-  condition on it) is notified after every input, for the waits.
-* ``_send_lock`` serialises socket writes so frames leave in protocol order.
+* ``_lock`` guards the protocol, the state, the generation and every
+  attribute marked below; held only for protocol calls and state changes,
+  never across I/O or application code.  ``_changed`` (a condition on it) is
+  notified after every input, for the waits; ``_room`` wakes senders waiting
+  for outbox room.
+* ``_send_lock`` lets one thread at a time move frames from the protocol to
+  the transport, so frames leave in protocol order; a thread that finds it
+  taken leaves its frames to the holder, which loops until nothing is left.
+
+In the child of a ``fork()``, a connection made before it closes itself
+without touching the parent's socket, and every later call raises
+:class:`~avatar_im.exceptions.ForkedClientError` (see :mod:`.forks`).
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -36,7 +71,9 @@ from .exceptions import (
     AuthenticationError,
     CertificateError,
     ConnectionFailedError,
+    ForkedClientError,
     HandshakeError,
+    LifecycleError,
     ServerClosedError,
 )
 from .protocol import (
@@ -46,20 +83,29 @@ from .protocol import (
     EventReceived,
     MessageReceived,
     ServerDisconnect,
+    SessionState,
 )
 from .transport import FrameTooLarge, Transport, TransportClosed
 from .urls import redact_url
 
-__all__ = ["Connection", "ConnectionState"]
+__all__ = ["HIGH_WATER", "Connection", "ConnectionState"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_reader_ids = iter(range(1, 1 << 62))
+_reader_ids = itertools.count(1)
 
 # Events no waiter waits for: they go to callbacks and the pull API only.
 _QUIET_EVENTS = (MessageReceived, EventReceived)
+
+#: Bytes waiting in the transport's buffer above which no more frames are taken from
+#: the outbox; small, so a heartbeat never waits long behind a backlog.
+HIGH_WATER = 65536
+# Characters of frames handed to the transport at a time.
+_BATCH = 65536
+# How long a reader whose generation ended waits for the server's answer to our close.
+_CLOSE_WAIT = 0.3
 
 
 class ConnectionState(enum.Enum):
@@ -69,6 +115,16 @@ class ConnectionState(enum.Enum):
     OPEN = "open"  #: connected
     RECONNECTING = "reconnecting"  #: lost; waiting or trying again
     CLOSED = "closed"  #: closed by the user or for good
+
+
+_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    ConnectionState.CLOSED: frozenset({ConnectionState.CONNECTING}),
+    ConnectionState.CONNECTING: frozenset(
+        {ConnectionState.OPEN, ConnectionState.RECONNECTING, ConnectionState.CLOSED}
+    ),
+    ConnectionState.OPEN: frozenset({ConnectionState.RECONNECTING, ConnectionState.CLOSED}),
+    ConnectionState.RECONNECTING: frozenset({ConnectionState.OPEN, ConnectionState.CLOSED}),
+}
 
 
 class Connection:
@@ -89,9 +145,14 @@ class Connection:
         self._url = url
         self._policy = policy
         self._connect_timeout = connect_timeout
+        # Both run on the reader (on_state also on the thread that changes the state,
+        # under _lock): they must only queue work, never call application code.
         self._on_events = on_events
         self._on_state = on_state
         self._transport_options = dict(transport_options or {})
+        hb = protocol.heartbeat_interval
+        # A connection that lasted this long counts as healthy even if it carried no ack.
+        self._healthy_after = 2 * hb if hb is not None else 60.0
 
         # Guards the protocol and the attributes below; never held across I/O or callbacks.
         self._lock = threading.Lock()
@@ -100,49 +161,60 @@ class Connection:
         # Senders waiting for outbox room: woken one per freed slot, all at the low-water mark.
         self._room = threading.Condition(self._lock)
         self._low_water = protocol.max_outbox - max(1, protocol.max_outbox // 8)
-        # One writer at a time, so frames leave in protocol order (see flush()).
+        # One thread at a time moves frames to the transport, in protocol order (see flush()).
         self._send_lock = threading.Lock()
-        # Serialises on_state calls so they arrive in order and never after a later state.
-        # Reentrant: on_state may call close().  Held only around that user callback.
-        self._state_reports = threading.RLock()
-        # Set by close(); wakes the reader out of a backoff wait.
-        self._stop = threading.Event()
+        #: Set while the session is ready; changed only under _lock (see _sync_ready()).
+        self.session_ready = threading.Event()
+        self._ready_flag = False
 
         # Guarded by _lock:
         self.state = ConnectionState.CLOSED
-        self.failure: ConnectionFailedError | None = None
+        self.failure: ConnectionFailedError | ForkedClientError | None = None
         self.reconnects = 0
+        self.generation = 0
         self._transport: Transport | None = None
-        self._stopping = False
-        # The reader thread: connects, reads, keeps the heartbeat and
-        # reconnects.  Blocks in poll() on the socket (bounded by the next
-        # heartbeat deadline), in the handshake, or in a backoff wait on
-        # _stop.  Exits when close() sets _stopping and aborts the socket,
-        # or when the connection fails for good.
-        self._reader: threading.Thread | None = None
+        # Set to end the current generation's backoff wait; a new one per generation.
+        self._wakeup = threading.Event()
+        # Reader threads started and perhaps not yet ended, of this generation and earlier
+        # ones; close() joins them.
+        self._readers: list[threading.Thread] = []
+        self._forked = False
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------ public
 
-    def start(self) -> None:
-        """Start the reader thread (which connects)."""
-        old = self._reader
-        if old is not None and old.is_alive() and self.state is ConnectionState.CLOSED:
-            old.join(1.0)  # the reader of a closed connection is on its way out
+    def start(self, prepare: Callable[[ClientProtocol], None] | None = None) -> bool:
+        """Start a new generation (its reader connects) if the connection is closed.
+
+        *prepare* runs on the protocol first, under the lock, only when a new
+        generation starts.  Returns False (a no-op) when the connection is
+        already connecting, open or reconnecting.
+        """
         with self._lock:
-            if self._reader is not None and self._reader.is_alive():
-                if self.state is ConnectionState.CLOSED:
-                    raise ConnectionFailedError("the previous connection's thread did not stop")
-                return
-            self._stopping = False
+            if self._forked:
+                assert self.failure is not None
+                raise self.failure
+            if self.state is not ConnectionState.CLOSED:
+                return False
+            if prepare is not None:
+                prepare(self.protocol)
+            self.generation += 1
             self.failure = None
-            self._stop.clear()
+            self._wakeup = wakeup = threading.Event()
             self._set_state(ConnectionState.CONNECTING)
+            self._sync_ready()
             reader = threading.Thread(
-                target=self._run, name=f"avatar-im-reader-{next(_reader_ids)}", daemon=True
+                target=self._run,
+                args=(self.generation, wakeup),
+                name=f"avatar-im-reader-{next(_reader_ids)}",
+                daemon=True,
             )
-            self._reader = reader
-        self._report_state(ConnectionState.CONNECTING)
-        reader.start()
+            self._readers = [t for t in self._readers if t.is_alive()]
+            self._readers.append(reader)
+            # Started under the lock: the reader's first step waits for it, and close()
+            # can never see a reader that is not started yet.
+            reader.start()
+        return True
 
     def wait_for(self, predicate: Callable[[ClientProtocol], bool], timeout: float | None) -> bool:
         """Wait until *predicate(protocol)* holds, the connection closes, or *timeout* passes.
@@ -151,13 +223,26 @@ class Connection:
         """
         with self._changed:
             return self._changed.wait_for(
-                lambda: predicate(self.protocol) or self._stopping, timeout
+                lambda: predicate(self.protocol) or self.state is ConnectionState.CLOSED, timeout
             ) and predicate(self.protocol)
 
     def locked(self, fn: Callable[[ClientProtocol], T]) -> T:
         """Run *fn* on the protocol under the lock, writing nothing."""
         with self._lock:
             return fn(self.protocol)
+
+    def command(self, fn: Callable[[ClientProtocol], T]) -> T:
+        """Run the command *fn* on the protocol under the lock, then write what it queued."""
+        with self._lock:
+            result = fn(self.protocol)
+            self._sync_ready()
+        self.flush()
+        return result
+
+    def after_command(self) -> None:
+        """Bring derived state up to date after a protocol call made under :attr:`lock`."""
+        assert self._lock.locked()
+        self._sync_ready()
 
     @property
     def lock(self) -> threading.Condition:
@@ -170,42 +255,117 @@ class Connection:
         return self._room
 
     @property
-    def reader(self) -> threading.Thread | None:
-        """The reader thread, if one was started."""
-        return self._reader
+    def threads(self) -> list[threading.Thread]:
+        """The reader threads still alive (normally at most one)."""
+        return [t for t in self._readers if t.is_alive()]
+
+    def on_reader_thread(self) -> bool:
+        """True when called from one of this connection's reader threads."""
+        return threading.current_thread() in self._readers
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the reader and close the socket; return within about *timeout* seconds."""
+        """End the generation, close the socket; return within about *timeout* seconds.
+
+        Safe from any thread, any number of times, and from callbacks.
+        """
         deadline = time.monotonic() + timeout
+        current = threading.current_thread()
         with self._lock:
-            self._stopping = True
+            if self.state is not ConnectionState.CLOSED:
+                self._set_state(ConnectionState.CLOSED)
+            self.generation += 1
             self.protocol.close()
-            transport = self._transport
-            already_closed = self.state is ConnectionState.CLOSED
-            self._set_state(ConnectionState.CLOSED)
+            transport, self._transport = self._transport, None
+            self._wakeup.set()
+            self._sync_ready()
             self._changed.notify_all()
             self._room.notify_all()
-        self._stop.set()
-        reader = self._reader
-        if reader is threading.current_thread():
-            reader = None  # close() from a callback: the reader exits when it returns
+            readers = [t for t in self._readers if t is not current]
         if transport is not None:
-            # A clean close: our close frame, the server's answer ends the reader's recv.
+            # A clean close: our close frame; the server's answer ends the reader's read.
             transport.send_close(timeout=min(0.2, timeout / 4))
-            if reader is not None:
-                reader.join(min(0.3, timeout / 3))
-            transport.close()
-        if reader is not None:
+            for reader in readers:
+                reader.join(max(0.0, min(_CLOSE_WAIT, deadline - time.monotonic())))
+            transport.abort()
+        for reader in readers:
             reader.join(max(0.0, deadline - time.monotonic()))
             if reader.is_alive():
                 logger.error("reader thread %s did not stop within %.1fs", reader.name, timeout)
-        if not already_closed:
-            self._report_state(ConnectionState.CLOSED)
+        with self._lock:
+            self._readers = [t for t in self._readers if t.is_alive()]
+
+    # ------------------------------------------------------------ state
+
+    def _set_state(self, state: ConnectionState) -> None:
+        """Move to *state* and report it; needs the lock.  Raises on an illegal change."""
+        assert self._lock.locked()
+        old = self.state
+        if state is old:
+            return
+        if state not in _TRANSITIONS[old]:
+            raise LifecycleError(f"illegal connection state change: {old.value} -> {state.value}")
+        self.state = state
+        self._changed.notify_all()
+        self._on_state(state)
+
+    def _sync_ready(self) -> None:
+        """Mirror the session state in :attr:`session_ready`; needs the lock."""
+        protocol = self.protocol
+        ready = protocol.session_state is SessionState.READY and not protocol.closed
+        if ready is not self._ready_flag:
+            self._ready_flag = ready
+            if ready:
+                self.session_ready.set()
+            else:
+                self.session_ready.clear()
+
+    def _fail(self, generation: int, error: ConnectionFailedError) -> None:
+        """End *generation* for good with *error* (if it is still current)."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            logger.warning("connection closed for good: %s", error)
+            self.failure = error
+            self.generation += 1
+            self.protocol.close()
+            self._set_state(ConnectionState.CLOSED)
+            self._sync_ready()
+            self._changed.notify_all()
+            self._room.notify_all()
+
+    # ------------------------------------------------------------ fork
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop the parent's connection untouched; refuse further use."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        self.session_ready = threading.Event()
+        self._ready_flag = False
+        self._wakeup = threading.Event()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.forget()
+        self._readers = []
+        self.generation += 1
+        self.protocol.close()
+        self.state = ConnectionState.CLOSED  # no report: the parent's callbacks are not ours
+        self._forked = True
+        self.failure = ForkedClientError(
+            f"this client was made in process {self._pid}, before it forked process "
+            f"{os.getpid()}; its connection belongs to the parent: make a new client in "
+            "this process (lazily on first use, or in the server's post-fork hook)"
+        )
 
     # ------------------------------------------------------------ writing
 
     def flush(self) -> None:
-        """Write every frame the protocol has ready; any thread may call it."""
+        """Hand every frame the protocol has ready to the transport; any thread may call it.
+
+        Never blocks on the socket: the transport sends what the socket takes
+        now and the reader sends the rest.
+        """
         protocol = self.protocol
         while True:
             if not self._send_lock.acquire(blocking=False):
@@ -218,12 +378,15 @@ class Connection:
                         if written and protocol.write_done():
                             self._changed.notify_all()
                             self._room.notify_all()
-                        frames = protocol.data_to_send()
+                        written = False
                         transport = self._transport
-                    if not frames or transport is None:
+                        if transport is None or transport.buffered >= HIGH_WATER:
+                            break
+                        frames = protocol.data_to_send(_BATCH)
+                    if not frames:
                         break
                     try:
-                        transport.send_frames(frames)
+                        transport.write(frames)
                     except TransportClosed as exc:
                         logger.debug("write failed: %s", exc)
                         self._lost(transport)
@@ -233,7 +396,12 @@ class Connection:
                 self._send_lock.release()
             # Frames queued while we released the lock would be stranded: look again.
             with self._lock:
-                if not protocol.has_data_to_send():
+                transport = self._transport
+                if (
+                    transport is None
+                    or transport.buffered >= HIGH_WATER
+                    or not protocol.has_data_to_send()
+                ):
                     return
 
     def _wake(self, events: list[Event], outbox_before: int) -> None:
@@ -259,32 +427,16 @@ class Connection:
         with self._lock:
             if self._transport is transport:
                 self.protocol.connection_lost()
+                self._sync_ready()
                 self._changed.notify_all()
         transport.abort()
 
     # ------------------------------------------------------------ the reader
 
-    def _set_state(self, state: ConnectionState) -> None:
-        assert self._lock.locked()
-        self.state = state
-
-    def _change_state(self, state: ConnectionState) -> bool:
-        with self._lock:
-            if self._stopping or self.state is state:
-                return False
-            self._set_state(state)
-            self._changed.notify_all()
-        self._report_state(state)
-        return True
-
-    def _report_state(self, state: ConnectionState) -> None:
-        """Call on_state(state) unless the state moved on meanwhile (no stale report)."""
-        with self._state_reports:
-            if self.state is state:
-                self._on_state(state)
-
-    def _run(self) -> None:
+    def _run(self, generation: int, wakeup: threading.Event) -> None:
+        """The reader thread of *generation*: connect, read, reconnect, until it ends."""
         attempt = 0
+        transport: Transport | None = None
         try:
             while True:
                 transport = Transport(
@@ -292,108 +444,140 @@ class Connection:
                     max_message_size=self._transport_options.get("max_message_size"),
                 )
                 with self._lock:
-                    if self._stopping:
+                    if generation != self.generation:
                         return
                     self._transport = transport
                 try:
-                    self._open(transport)
+                    transport.open(
+                        self._url,
+                        timeout=self._connect_timeout,
+                        proxy=self._transport_options.get("proxy"),
+                    )
                 except ConnectionFailedError as exc:
+                    transport.close()
                     with self._lock:
+                        if generation != self.generation:
+                            return
                         self._transport = None
-                    if self._stopping:
-                        return
                     if _is_final(exc):
-                        self._fail(exc)
+                        self._fail(generation, exc)
                         return
                     logger.info("connect to %s failed: %s", redact_url(self._url), exc)
-                    if not self._backoff(attempt, exc):
+                    if not self._backoff(generation, wakeup, attempt, exc):
                         return
                     attempt += 1
                     continue
 
                 with self._lock:
-                    if self._stopping:  # close() came during the handshake
-                        self._transport = None
-                        transport.close()
+                    if generation != self.generation:  # close() came during the handshake
                         return
-                    self.protocol.connection_made(time.monotonic())
+                    protocol = self.protocol
+                    protocol.connection_made(time.monotonic())
+                    counters = protocol.counters
+                    traffic = counters.acks_received + counters.messages_received
+                    opened_at = time.monotonic()
+                    self._set_state(ConnectionState.OPEN)
                     self._changed.notify_all()
                 logger.info("connected to %s", redact_url(self._url))
-                self._change_state(ConnectionState.OPEN)
                 self.flush()
-                ended = self._read(transport)
-                self._lost(transport)
-                transport.close()
+                ended = self._read(generation, transport)
                 with self._lock:
-                    self._transport = None
-                if self._stopping:
+                    current = generation == self.generation
+                    if current and self._transport is transport:
+                        self.protocol.connection_lost()
+                        self._transport = None
+                        self._sync_ready()
+                        self._changed.notify_all()
+                    counters = self.protocol.counters
+                    healthy = (
+                        counters.acks_received + counters.messages_received > traffic
+                        or time.monotonic() - opened_at >= self._healthy_after
+                    )
+                if not current:
+                    self._finish_close(transport)
                     return
+                transport.close()
                 if isinstance(ended, ServerDisconnect):
                     if ended.final:
                         self._fail(
+                            generation,
                             ServerClosedError(
                                 f"the server closed the connection for good: {ended.reason}",
                                 reason=ended.reason,
-                            )
+                            ),
                         )
                         return
                     logger.info("server asked to reconnect: %s", ended.reason)
-                    attempt = 0
                 elif isinstance(ended, DeadPeer):
-                    logger.info("no heartbeat answer for %.1fs: reconnecting", ended.silent_for)
+                    logger.info(
+                        "no answer from the server for %.1fs: reconnecting", ended.silent_for
+                    )
                 else:
                     logger.info("connection lost: reconnecting")
+                # Only a connection that proved healthy resets the backoff: a server that
+                # accepts and then drops every connection sees the delays grow.
+                if healthy:
                     attempt = 0
                 with self._lock:
                     self.reconnects += 1
-                if not self._backoff(attempt, None):
+                if not self._backoff(generation, wakeup, attempt, None):
                     return
                 attempt += 1
-        except Exception:  # pragma: no cover - a bug; never let it pass silently
+        except BaseException as exc:  # a bug, or SystemExit in our own code: never a zombie
             logger.exception("reader thread crashed")
-            self._fail(ConnectionFailedError("internal error in the reader thread"))
+            self._fail(
+                generation,
+                ConnectionFailedError(f"internal error in the reader thread: {exc!r}"),
+            )
         finally:
+            if transport is not None:
+                transport.close()
             with self._lock:
-                self._transport = None
+                if self._transport is transport and transport is not None:
+                    self._transport = None
                 self._changed.notify_all()
 
-    def _open(self, transport: Transport) -> None:
-        transport.open(
-            self._url,
-            timeout=self._connect_timeout,
-            io_timeout=self.protocol.dead_after,
-            proxy=self._transport_options.get("proxy"),
-        )
+    def _finish_close(self, transport: Transport) -> None:
+        """The generation ended while connected: let the server answer our close, briefly."""
+        deadline = time.monotonic() + _CLOSE_WAIT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                transport.read(remaining)
+            except TransportClosed:
+                break
+        transport.close()
 
-    def _backoff(self, attempt: int, error: ConnectionFailedError | None) -> bool:
-        """Wait before reconnect attempt *attempt*; False when the client must stop."""
+    def _backoff(
+        self,
+        generation: int,
+        wakeup: threading.Event,
+        attempt: int,
+        error: ConnectionFailedError | None,
+    ) -> bool:
+        """Wait before reconnect attempt *attempt*; False when the reader must stop."""
         if self._policy.is_exhausted(attempt):
-            self._fail(error or ConnectionFailedError("reconnect attempts exhausted"))
+            self._fail(generation, error or ConnectionFailedError("reconnect attempts exhausted"))
             return False
-        self._change_state(ConnectionState.RECONNECTING)
+        with self._lock:
+            if generation != self.generation:
+                return False
+            self._set_state(ConnectionState.RECONNECTING)
         delay = self._policy.delay(attempt, random.random())
         logger.debug("reconnect attempt %d in %.3fs", attempt + 1, delay)
-        return not self._stop.wait(delay)
+        return not wakeup.wait(delay) and generation == self.generation
 
-    def _fail(self, error: ConnectionFailedError) -> None:
-        logger.warning("connection closed for good: %s", error)
-        with self._lock:
-            if self._stopping:
-                return
-            self.failure = error
-            self._stopping = True
-            self.protocol.close()
-            self._set_state(ConnectionState.CLOSED)
-            self._changed.notify_all()
-            self._room.notify_all()
-        self._report_state(ConnectionState.CLOSED)
-
-    def _read(self, transport: Transport) -> ServerDisconnect | DeadPeer | None:
+    def _read(self, generation: int, transport: Transport) -> ServerDisconnect | DeadPeer | None:
         """Read until the connection ends; return why (``None``: lost or closed)."""
         protocol = self.protocol
         monotonic = time.monotonic
-        while not self._stopping:
-            with self._lock:
+        lock = self._lock
+        while True:
+            with lock:
+                if generation != self.generation:
+                    return None
                 deadline = protocol.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - monotonic())
             try:
@@ -401,7 +585,9 @@ class Connection:
             except TransportClosed as exc:
                 logger.debug("read ended: %s", exc)
                 return None
-            with self._lock:
+            with lock:
+                if generation != self.generation:
+                    return None
                 before = protocol.outbox_size
                 now = monotonic()
                 for item in items:
@@ -411,7 +597,9 @@ class Connection:
                         protocol.receive(item, now)
                 protocol.tick(now)
                 events = protocol.events_received()
-                self._wake(events, before)
+                if events:
+                    self._sync_ready()
+                    self._wake(events, before)
             self.flush()
             if events:
                 ended = next(
@@ -420,7 +608,6 @@ class Connection:
                 self._on_events(events)
                 if ended is not None:
                     return ended
-        return None
 
 
 def _is_final(error: ConnectionFailedError) -> bool:
@@ -428,5 +615,7 @@ def _is_final(error: ConnectionFailedError) -> bool:
     if isinstance(error, (AuthenticationError, CertificateError)):
         return True
     if isinstance(error, HandshakeError) and error.status is not None:
+        if 300 <= error.status < 400:
+            return True  # a redirect we do not follow: retrying gets the same answer
         return 400 <= error.status < 500 and error.status not in (408, 429)
     return False

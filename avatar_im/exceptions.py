@@ -10,6 +10,7 @@ may catch either (``except TimeoutError`` still works)::
     │   └── AudioFormatError                 audio that is not, or cannot become, the session's
     ├── ProtocolError (ValueError)           a frame that breaks the wire protocol
     ├── ClientClosedError                    the client was closed (by you or for good)
+    │   └── ForkedClientError                the client was made in the parent of a fork()
     ├── ConnectionFailedError                the connection could not be (re)made
     │   ├── AuthenticationError              HTTP 401/403 at the handshake
     │   ├── HandshakeError                   any other refused handshake
@@ -22,7 +23,10 @@ may catch either (``except TimeoutError`` still works)::
     │   └── SessionReadyTimeout (TimeoutError)
     ├── DeliveryError
     │   ├── AckError                         the server acked a message with ``error``
-    │   └── AckTimeout (TimeoutError)
+    │   ├── AckTimeout (TimeoutError)
+    │   ├── MessageDiscardedError            dropped unacked by close() (a ClientClosedError too)
+    │   └── UnknownMessageError (LookupError)  an id this client did not send, or forgot
+    ├── LifecycleError (RuntimeError)        an illegal connection state change (a bug)
     ├── OutboxFullError                      the outbox stayed full past the timeout
     ├── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
     ├── AudioStreamError                     an audio stream failed after sending some chunks
@@ -46,9 +50,12 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionFailedError",
     "DeliveryError",
+    "ForkedClientError",
     "HandshakeError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "LifecycleError",
+    "MessageDiscardedError",
     "OutboxFullError",
     "ProtocolError",
     "ReceiveTimeout",
@@ -57,6 +64,7 @@ __all__ = [
     "SessionNotStartedError",
     "SessionReadyTimeout",
     "SessionStartError",
+    "UnknownMessageError",
 ]
 
 
@@ -82,6 +90,19 @@ class ClientClosedError(AvatarIMError):
     def __init__(self, message: str, *, reason: BaseException | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ForkedClientError(ClientClosedError):
+    """The client was made in another process, which then forked this one.
+
+    Its connection belongs to the parent; the child never touches it.  Make a
+    new client in the process that uses it (lazily on first use, or in a
+    pre-fork server's post-fork hook).
+    """
+
+
+class LifecycleError(AvatarIMError, RuntimeError):
+    """The connection was asked to make a state change its state machine forbids."""
 
 
 class ConnectionFailedError(AvatarIMError):
@@ -155,6 +176,22 @@ class AckError(DeliveryError):
 
 class AckTimeout(DeliveryError, TimeoutError):
     """No acknowledgement arrived in time."""
+
+
+class MessageDiscardedError(DeliveryError, ClientClosedError):
+    """:attr:`message_id` was still unacknowledged when the client closed, and was dropped."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class UnknownMessageError(DeliveryError, LookupError):
+    """:attr:`message_id` was not sent by this client, or its outcome is no longer remembered."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 class OutboxFullError(AvatarIMError):

@@ -12,8 +12,15 @@ loop: one ``recv`` of up to 64 KiB parses every complete frame in it, and one
   (fragments joined), control frames, and :class:`Oversized` markers for
   messages over the size limit, whose payload it skips without keeping it.
 
+* :func:`parse_close` and :func:`close_payload` read and build close frame
+  bodies, refusing the codes RFC 6455 forbids on the wire (1005, 1006, 1015,
+  anything below 1000 or unassigned).
+
 No threads, no sockets, no clock, no randomness of its own.  Violations of the
-framing rules raise :class:`FramingError`; the caller must drop the connection.
+framing rules raise :class:`FramingError`, which carries the close code to fail
+the connection with (1002 for a protocol error, 1007 for bad UTF-8) and the
+messages that were complete before the bad frame; the caller hands those out,
+closes with the code and drops the connection.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ __all__ = [
     "FramingError",
     "Message",
     "Oversized",
+    "close_payload",
     "encode_frames",
     "mask",
+    "parse_close",
 ]
 
 OP_CONT = 0x0
@@ -55,8 +64,63 @@ _unpack_64 = struct.Struct("!Q").unpack_from
 _NATIVE = sys.byteorder
 
 
+#: Close codes (RFC 6455, section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+# Codes an endpoint must never put on the wire: "no status", "abnormal", "TLS failure".
+_NEVER_SENT = frozenset({1005, 1006, 1015})
+_ASSIGNED = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
 class FramingError(ValueError):
-    """The peer broke the WebSocket framing rules; the connection cannot go on."""
+    """The peer broke the WebSocket framing rules; the connection cannot go on.
+
+    :attr:`code` is the close code to fail the connection with; :attr:`messages`
+    are the messages that were complete before the bad frame, in order.
+    """
+
+    def __init__(self, message: str, *, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+        self.messages: list[Message | Oversized] = []
+
+
+def _valid_close_code(code: int) -> bool:
+    """True for a code a peer may send: assigned (1000-1014 but 1004-1006) or 3000-4999."""
+    return code in _ASSIGNED or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """The code and reason of a received close frame's *payload* (``None``: no code).
+
+    Raises :class:`FramingError` for a 1-byte payload or a code the RFC does not
+    allow on the wire (1002), or a reason that is not UTF-8 (1007).
+    """
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise FramingError("a close frame with a 1-byte payload")
+    (code,) = _unpack_16(payload, 0)
+    if not _valid_close_code(code):
+        raise FramingError(f"close code {code} is not allowed on the wire")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError("close reason is not UTF-8", code=CLOSE_INVALID_DATA) from None
+    return code, reason
+
+
+def close_payload(code: int | None, reason: str = "") -> bytes:
+    """The payload of a close frame with *code* (``None``: an empty payload) and *reason*."""
+    if code is None:
+        return b""
+    if code in _NEVER_SENT or not _valid_close_code(code):
+        raise ValueError(f"close code {code} must not be sent")
+    data = _pack_16(code) + reason.encode("utf-8")
+    if len(data) > 125:
+        raise ValueError("a close reason may be at most 123 bytes")
+    return data
 
 
 @attrs.frozen
@@ -108,16 +172,18 @@ def encode_frames(payloads: Sequence[bytes], keys: bytes, opcode: int = OP_TEXT)
 
 
 class FrameReader:
-    """Parses frames sent by a server, incrementally.
+    """Parses frames sent by a server (or, with *client_frames*, by a client), incrementally.
 
     Call :meth:`feed` with received bytes; it returns every message completed
     by them, in order.  Data messages longer than *max_message_size* are
     reported as :class:`Oversized` once, and their bytes are skipped as they
-    arrive, so memory stays bounded whatever the peer sends.
+    arrive, so memory stays bounded whatever the peer sends.  Server frames
+    must not be masked and client frames must be (RFC 6455, section 5.1).
     """
 
-    def __init__(self, max_message_size: int | None = None) -> None:
+    def __init__(self, max_message_size: int | None = None, *, client_frames: bool = False) -> None:
         self._limit = max_message_size
+        self._masked = client_frames
         self._buffer = bytearray()
         self._skip = 0  # payload bytes of an oversized frame still to throw away
         # The data message being reassembled from fragments: its opcode and parts.
@@ -127,10 +193,22 @@ class FrameReader:
         self._dropping = False  # the message in progress went over the limit
 
     def feed(self, data: bytes) -> list[Message | Oversized]:
-        """Take *data*; return the messages it completed.  Raises :class:`FramingError`."""
+        """Take *data*; return the messages it completed.
+
+        Raises :class:`FramingError` at the first bad frame, with the messages
+        completed before it on the error; the reader is unusable afterwards.
+        """
+        out: list[Message | Oversized] = []
+        try:
+            self._feed(data, out)
+        except FramingError as exc:
+            exc.messages = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[Message | Oversized]) -> None:
         buffer = self._buffer
         buffer += data
-        out: list[Message | Oversized] = []
         pos = 0
         end = len(buffer)
         while True:
@@ -159,7 +237,13 @@ class FrameReader:
                 if end - offset < 8:
                     break
                 (length,) = _unpack_64(buffer, offset)
+                if length >> 63:
+                    raise FramingError("a 64-bit frame length with the top bit set")
                 offset += 8
+            if bool(masked) != self._masked:
+                raise FramingError(
+                    "a masked frame from the server" if masked else "an unmasked client frame"
+                )
             key = b""
             if masked:
                 if end - offset < 4:
@@ -192,7 +276,6 @@ class FrameReader:
             else:
                 self._data_frame(opcode, payload, bool(fin), out)
         del buffer[:pos]
-        return out
 
     def _over_limit(self, length: int) -> bool:
         if self._dropping:

@@ -63,7 +63,10 @@ _WITH_BODY = frozenset(
 )
 _BY_DIGIT = {str(int(t)): t for t in PacketType}
 
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+# allow_nan=False: NaN and Infinity are not JSON; refused at the call, never put on the wire.
+_encoder = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, allow_nan=False
+)
 
 
 def dumps(value: Any) -> str:

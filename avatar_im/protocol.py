@@ -47,6 +47,7 @@ from .options import SessionOptions
 from .packets import Packet, PacketType
 
 __all__ = [
+    "OUTCOME_MEMORY",
     "Acked",
     "Accepted",
     "ClientProtocol",
@@ -55,6 +56,7 @@ __all__ = [
     "EventReceived",
     "GarbageReceived",
     "MessageReceived",
+    "Outcome",
     "ServerDisconnect",
     "SessionLost",
     "SessionReady",
@@ -70,6 +72,23 @@ SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 RATE_LIMITED = "RATE_LIMITED"
 #: How long writing pauses after a RATE_LIMITED ack (seconds).
 RATE_LIMIT_PAUSE = 0.25
+#: How many outcomes (delivered, refused, discarded) :meth:`ClientProtocol.outcome` remembers
+#: at least; a client remembers ``max(OUTCOME_MEMORY, max_outbox)``.
+OUTCOME_MEMORY = 4096
+
+
+class Outcome(enum.Enum):
+    """What became of a message id, as :meth:`ClientProtocol.outcome` reports it."""
+
+    PENDING = "pending"  #: in the outbox: not yet acknowledged
+    DELIVERED = "delivered"  #: acknowledged (or written, when no ack is awaited)
+    REFUSED = "refused"  #: acknowledged with an error
+    DISCARDED = "discarded"  #: dropped unacknowledged when the client closed
+    UNKNOWN = "unknown"  #: never sent by this client, or too old to be remembered
+
+
+_DELIVERED = object()
+_DISCARDED = object()
 
 
 def _check_size(frame: str, max_size: int | None) -> None:
@@ -202,6 +221,7 @@ class Counters:
     frames_received: int = 0
     garbage_frames: int = 0
     duplicates_dropped: int = 0
+    messages_received: int = 0
     messages_sent: int = 0
     messages_resent: int = 0
     rate_limited: int = 0
@@ -225,6 +245,7 @@ class ClientProtocol:
         require_acks: bool = True,
         max_outbox: int = 10_000,
         dedupe_capacity: int = 4096,
+        dedupe_max_bytes: int | None = 2**20,
         id_factory: MessageIdFactory | None = None,
     ) -> None:
         self.app_id = app_id
@@ -233,7 +254,7 @@ class ClientProtocol:
         self.require_acks = require_acks
         self.max_outbox = max_outbox
         self._ids = id_factory or default_id_factory
-        self._seen = RecentIds(dedupe_capacity)
+        self._seen = RecentIds(dedupe_capacity, max_bytes=dedupe_max_bytes)
         self.counters = Counters()
 
         self.session_state = SessionState.IDLE
@@ -262,8 +283,10 @@ class ClientProtocol:
         self._events: list[Event] = []
         # Keys handed out by data_to_send() that leave the outbox once written.
         self._in_write: list[str] = []
-        # The last refusals, for wait_ack() after the entry left the outbox (bounded).
-        self._refused: collections.OrderedDict[str, object] = collections.OrderedDict()
+        # What became of the last ids that left the outbox, for wait_ack() (bounded):
+        # _DELIVERED, _DISCARDED, or the error the server refused it with.
+        self._outcomes: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._outcome_memory = max(OUTCOME_MEMORY, max_outbox)
         self._ping_due = False
 
         self.connected = False
@@ -300,9 +323,22 @@ class ClientProtocol:
             self._restart_session(())
 
     def close(self) -> None:
-        """The client is closed; later commands raise.  The outbox is kept for inspection."""
+        """The client is closed; later commands raise.
+
+        Unacknowledged messages are discarded: :meth:`outcome` reports them as
+        :attr:`Outcome.DISCARDED`.
+        """
         self.closed = True
         self.connected = False
+        self._next_ping = None
+        self._ping_due = False
+        self._paused_until = None
+        for key, entry in self._outbox.items():
+            if entry.tracked:
+                self._record(key, _DISCARDED)
+        self._outbox.clear()
+        self._to_write.clear()
+        self._in_write.clear()
 
     def reopen(self) -> None:
         """Start afresh after :meth:`close`: no session, an empty outbox."""
@@ -331,13 +367,31 @@ class ClientProtocol:
         return message_id in self._outbox
 
     def refusal(self, message_id: str) -> object:
-        """The error the server refused *message_id* with (among the last 4096), else ``None``."""
-        return self._refused.get(message_id)
+        """The error the server refused *message_id* with (if remembered), else ``None``."""
+        outcome = self._outcomes.get(message_id)
+        return None if outcome is _DELIVERED or outcome is _DISCARDED else outcome
+
+    def outcome(self, message_id: str) -> tuple[Outcome, object]:
+        """What became of *message_id*, and the server's error when it was refused."""
+        if message_id in self._outbox:
+            return Outcome.PENDING, None
+        outcome = self._outcomes.get(message_id, self)
+        if outcome is self:
+            return Outcome.UNKNOWN, None
+        if outcome is _DELIVERED:
+            return Outcome.DELIVERED, None
+        if outcome is _DISCARDED:
+            return Outcome.DISCARDED, None
+        return Outcome.REFUSED, outcome
+
+    def _record(self, message_id: str, outcome: object) -> None:
+        outcomes = self._outcomes
+        outcomes[message_id] = outcome
+        if len(outcomes) > self._outcome_memory:
+            outcomes.popitem(last=False)
 
     def _refuse(self, message_id: str, error: object) -> None:
-        self._refused[message_id] = error
-        if len(self._refused) > 4096:
-            self._refused.popitem(last=False)
+        self._record(message_id, error)
 
     def start_session(self, options: SessionOptions, now_ms: int) -> str:
         """Queue a ``start`` with *options*; return its message id."""
@@ -452,12 +506,14 @@ class ClientProtocol:
         head = self._outbox.get(self._to_write[0])
         return head is None or not (head.gated and self._gate_closed)
 
-    def data_to_send(self) -> list[str]:
+    def data_to_send(self, limit: int | None = None) -> list[str]:
         """Hand out the frames to write now, in order, and mark them written.
 
-        The caller must write them in this order on the current connection,
-        then call :meth:`write_done`; if the write fails it must report
-        :meth:`connection_lost` instead (everything unacked is written again).
+        With *limit*, stop once the frames handed out hold about *limit*
+        characters (at least one frame goes).  The caller must write them in
+        this order on the current connection, then call :meth:`write_done`;
+        if the write fails it must report :meth:`connection_lost` instead
+        (everything unacked is written again).
         """
         if not self.connected:
             return []
@@ -483,6 +539,10 @@ class ClientProtocol:
                 # Done once the write succeeds: see write_done().
                 self._in_write.append(key)
             self.counters.messages_sent += 1
+            if limit is not None:
+                limit -= len(entry.frame)
+                if limit <= 0:
+                    break
         return frames
 
     def write_done(self) -> bool:
@@ -494,7 +554,9 @@ class ClientProtocol:
         if not self._in_write:
             return False
         for key in self._in_write:
-            self._outbox.pop(key, None)
+            entry = self._outbox.pop(key, None)
+            if entry is not None and entry.tracked:
+                self._record(key, _DELIVERED)
         self._in_write.clear()
         return True
 
@@ -513,6 +575,8 @@ class ClientProtocol:
         except ProtocolError as exc:
             self._garbage(exc, len(data))
             return
+        # Any valid frame proves the peer alive: an ack as well as a pong.
+        self._last_rx = now
         handler = self._handlers[packet.type]
         handler(self, packet, now)
 
@@ -541,7 +605,7 @@ class ClientProtocol:
         self._last_rx = now
 
     def _on_message(self, packet: Packet, now: float) -> None:
-        self._last_rx = now
+        self.counters.messages_received += 1
         body = packet.body
         assert body is not None
         content = body.get("content")
@@ -558,9 +622,12 @@ class ClientProtocol:
                 stopped = self._restore_stopped
                 self.session_state = SessionState.STOPPED if stopped else SessionState.READY
                 self._restore_stopped = False
+                if not stopped:
+                    self.start_result = body
+                    self._events.append(SessionReady(body))
+            # Stopped before the startResult came: the gate opens for the queued stop,
+            # but the session is not ready and its result is not recorded.
             self._gate_closed = False
-            self.start_result = body
-            self._events.append(SessionReady(body))
         self._events.append(MessageReceived(body))
 
     def _on_ack(self, packet: Packet, now: float) -> None:
@@ -572,9 +639,14 @@ class ClientProtocol:
         if entry is None or not entry.tracked:
             return  # a repeated ack, or one for a message we did not send
         if error == RATE_LIMITED:
-            # Not processed: keep it, pause, then send it and everything after it again.
+            # Not processed: keep it, pause, then send it again, in its place among the
+            # messages not yet written.  Messages written after it are not resent: each
+            # has its own ack coming, and a refused one comes back here by itself.
             self._paused_until = now + RATE_LIMIT_PAUSE
-            self._to_write = collections.deque(self._outbox)
+            if message_id not in self._to_write:
+                queued = set(self._to_write)
+                queued.add(message_id)
+                self._to_write = collections.deque(k for k in self._outbox if k in queued)
             self.counters.rate_limited += 1
             return
         if error == SESSION_NOT_FOUND and entry.gated:
@@ -591,8 +663,7 @@ class ClientProtocol:
                 return
         del self._outbox[message_id]
         self.counters.acks_received += 1
-        if error is not None:
-            self._refuse(message_id, error)
+        self._record(message_id, _DELIVERED if error is None else error)
         self._events.append(Acked(message_id, error, body))
         if error is not None and entry.is_start and message_id == self._start_id:
             self._start_refused(message_id, error)

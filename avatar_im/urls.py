@@ -22,7 +22,13 @@ _TOKEN_RE = re.compile(r"([?&]t=)[^&#]*")
 
 def build_url(base: str, *, token: str, app_id: str, tenant_id: str) -> str:
     """Return ``<base>?t=<token>&app=<app_id>&tenant=<tenant_id>``."""
-    parts = urlsplit(base)
+    try:
+        parts = urlsplit(base)
+        parts.port  # noqa: B018 - raises ValueError for a bad port or an unclosed bracket
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"url is not a valid URL: {redact_url(base)!r} ({exc})"
+        ) from None
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
         raise InvalidArgumentError(f"url must be a ws:// or wss:// URL, got {redact_url(base)!r}")
     query = "&".join(

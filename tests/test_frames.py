@@ -18,8 +18,10 @@ from avatar_im.frames import (
     FramingError,
     Message,
     Oversized,
+    close_payload,
     encode_frames,
     mask,
+    parse_close,
 )
 
 
@@ -49,7 +51,7 @@ def test_client_frames_round_trip_through_the_reader(size: int) -> None:
     """Masked client frames of every length class decode back to their payloads."""
     payloads = [b"x" * size, "你好".encode()]
     data = encode_frames(payloads, os.urandom(8))
-    assert FrameReader().feed(data) == [Message(OP_TEXT, p) for p in payloads]
+    assert FrameReader(client_frames=True).feed(data) == [Message(OP_TEXT, p) for p in payloads]
 
 
 def test_frames_fed_byte_by_byte() -> None:
@@ -134,3 +136,83 @@ def test_reader_fuzz(chunks: list[bytes]) -> None:
                 assert isinstance(item, (Message, Oversized))
     except FramingError:
         pass
+
+
+def test_masked_server_frame_is_a_protocol_error() -> None:
+    """A server frame with the mask bit set fails with 1002 (RFC 6455, section 5.1)."""
+    with pytest.raises(FramingError) as caught:
+        FrameReader().feed(encode_frames([b"5{}"], os.urandom(4)))
+    assert caught.value.code == 1002
+
+
+def test_unmasked_client_frame_is_refused_in_client_mode() -> None:
+    """A reader of client frames refuses an unmasked one."""
+    with pytest.raises(FramingError):
+        FrameReader(client_frames=True).feed(server_frame(OP_TEXT, b"x"))
+
+
+def test_64_bit_length_with_top_bit_set_is_refused() -> None:
+    """A 64-bit payload length must have its most significant bit clear."""
+    data = bytes((0x81, 127)) + (1 << 63 | 5).to_bytes(8, "big") + b"hello"
+    with pytest.raises(FramingError) as caught:
+        FrameReader().feed(data)
+    assert caught.value.code == 1002
+
+
+def test_valid_frames_before_a_bad_one_are_kept_on_the_error() -> None:
+    """Messages completed in the same read before a bad frame travel on the error, in order."""
+    data = server_frame(OP_TEXT, b"4") + server_frame(OP_TEXT, b"6{}") + bytes((0xC1, 0))
+    with pytest.raises(FramingError) as caught:
+        FrameReader().feed(data)
+    assert caught.value.messages == [Message(OP_TEXT, b"4"), Message(OP_TEXT, b"6{}")]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", (None, "")),
+        (b"\x03\xe8", (1000, "")),
+        (b"\x03\xe9bye", (1001, "bye")),
+        (b"\x0b\xb8", (3000, "")),
+        (b"\x13\x87", (4999, "")),
+    ],
+)
+def test_parse_close_accepts_valid_codes(payload: bytes, expected: tuple[int | None, str]) -> None:
+    """Empty, assigned and application close codes are read with their reason."""
+    assert parse_close(payload) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x03",  # 1 byte
+        (999).to_bytes(2, "big"),
+        (1004).to_bytes(2, "big"),
+        (1005).to_bytes(2, "big"),
+        (1006).to_bytes(2, "big"),
+        (1015).to_bytes(2, "big"),
+        (1016).to_bytes(2, "big"),
+        (2999).to_bytes(2, "big"),
+        (5000).to_bytes(2, "big"),
+    ],
+)
+def test_parse_close_refuses_codes_not_allowed_on_the_wire(payload: bytes) -> None:
+    """A 1-byte payload and codes that must never be sent are protocol errors (1002)."""
+    with pytest.raises(FramingError) as caught:
+        parse_close(payload)
+    assert caught.value.code == 1002
+
+
+def test_parse_close_refuses_a_reason_that_is_not_utf8() -> None:
+    """A close reason that is not UTF-8 is invalid data (1007)."""
+    with pytest.raises(FramingError) as caught:
+        parse_close(b"\x03\xe8\xff")
+    assert caught.value.code == 1007
+
+
+@pytest.mark.parametrize("code", [1005, 1006, 1015, 999, 5000])
+def test_close_payload_never_builds_a_forbidden_code(code: int) -> None:
+    """close_payload refuses the codes that must not appear on the wire."""
+    with pytest.raises(ValueError):
+        close_payload(code)
+    assert close_payload(None) == b""

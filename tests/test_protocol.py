@@ -241,7 +241,7 @@ def test_rate_limited_message_is_kept_and_resent_after_a_pause() -> None:
     """RATE_LIMITED: nothing is written until the pause ends, then the refused message again."""
     p = make()
     first = p.send_message(p.prepare({"n": 1}, 1))
-    second = p.send_message(p.prepare({"n": 2}, 1))
+    p.send_message(p.prepare({"n": 2}, 1))
     assert len(p.data_to_send()) == 2
     p.receive(ack(first, error="RATE_LIMITED"), 10.0)
     assert p.is_pending(first) and p.refusal(first) is None
@@ -249,7 +249,25 @@ def test_rate_limited_message_is_kept_and_resent_after_a_pause() -> None:
     assert p.data_to_send() == [] and p.next_deadline() == 10.25
     p.tick(10.25)
     again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
-    assert again == [first, second, third]
+    assert again == [first, third]  # the refused one again, then what was never written
+
+
+def test_rate_limited_resends_only_the_refused_messages() -> None:
+    """RATE_LIMITED on some of 150 in-flight messages resends those, not the whole outbox."""
+    p = make()
+    ids = [p.send_message(p.prepare({"n": n}, 1)) for n in range(150)]
+    written = len(p.data_to_send())
+    now = 10.0
+    for n, message_id in enumerate(ids):
+        limited = n % 10 == 0
+        p.receive(ack(message_id, error="RATE_LIMITED" if limited else None), now)
+    p.tick(now + 1)
+    resent = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
+    assert written == 150
+    assert resent == ids[::10]  # 15 refused ones, in their original order
+    for message_id in resent:
+        p.receive(ack(message_id), now + 2)
+    assert p.outbox_size == 0
 
 
 def test_oversized_outgoing_message_refused_at_the_call() -> None:
@@ -296,3 +314,16 @@ def test_stop_after_a_lost_session_restarts_then_stops() -> None:
     p.receive(start_result("r2"), 0)
     assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [text, stop]
     assert p.session_state is SessionState.STOPPED
+
+
+def test_start_result_after_a_stop_does_not_make_the_session_ready() -> None:
+    """start, stop, then the startResult: still stopped, no SessionReady, no start_result."""
+    p = make()
+    p.start_session(SessionOptions(), 1)
+    p.stop_session(1)
+    p.data_to_send()
+    p.receive(start_result(), 1.0)
+    assert p.session_state is SessionState.STOPPED
+    assert p.start_result is None
+    assert not any(isinstance(e, SessionReady) for e in p.events_received())
+    assert p.data_to_send()  # the gate opened: the queued stop goes out

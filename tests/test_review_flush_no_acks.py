@@ -16,14 +16,14 @@ def test_flush_returns_before_the_write_and_close_loses_the_message(
     server: ReferenceServer, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Connection.flush() removes the entries from the outbox (data_to_send) and notifies
-    the waiters *before* transport.send_frames() has run.  A slow write (full socket
+    the waiters *before* transport.write() has run.  A slow write (full socket
     buffer) stands in for the gap: client.flush() returns at once, close() follows and
     the message, which flush() said was written, never reaches the server."""
     client = make_client(require_acks=False)
     client.start_session()
     client.wait_session_ready(TIMEOUT)
 
-    original = Transport.send_frames
+    original = Transport.write
     entered, release = threading.Event(), threading.Event()
 
     def slow_send_frames(self: Transport, frames: list[str]) -> None:
@@ -32,7 +32,7 @@ def test_flush_returns_before_the_write_and_close_loses_the_message(
             release.wait(TIMEOUT)
         original(self, frames)
 
-    monkeypatch.setattr(Transport, "send_frames", slow_send_frames)
+    monkeypatch.setattr(Transport, "write", slow_send_frames)
     sender = threading.Thread(target=client.send_text, args=("x",))
     sender.start()
     assert entered.wait(TIMEOUT)

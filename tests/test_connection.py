@@ -1,0 +1,497 @@
+"""The connection's lifecycle on a real loopback socket: generations, callbacks off the
+reader, forks, bounded close, backoff that grows, and sends that never block on the peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from conftest import TIMEOUT, ClientFactory, client_threads
+from peers import silent_websocket_server
+
+from avatar_im import (
+    AckError,
+    AvatarIM,
+    ClientClosedError,
+    ConnectionState,
+    ForkedClientError,
+    HandshakeError,
+    InvalidArgumentError,
+    MessageDiscardedError,
+    OutboxFullError,
+    ReconnectPolicy,
+    UnknownMessageError,
+)
+from avatar_im.server import ReferenceServer
+
+
+def started(client: AvatarIM) -> AvatarIM:
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    return client
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not [t for t in threads if t.is_alive()]
+
+
+# ---------------------------------------------------------------- generations
+
+
+def test_concurrent_connects_start_one_reader(make_client: ClientFactory) -> None:
+    """Eight threads calling connect() at once start exactly one reader; close() ends it."""
+    client = make_client(auto_connect=False)
+    barrier = threading.Barrier(8)
+
+    def connect() -> None:
+        barrier.wait(TIMEOUT)
+        client.connect()
+
+    threads = [threading.Thread(target=connect) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    join_all(threads)
+    client.wait_connected(TIMEOUT)
+    readers = [t for t in client_threads() if t.name.startswith("avatar-im-reader-")]
+    assert len(readers) == 1
+    client.close()
+    assert not readers[0].is_alive()
+
+
+def test_connect_on_a_live_client_keeps_the_outbox(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A late connect() on a connecting client changes nothing: queued ids are delivered."""
+    client = make_client()
+    client.start_session()
+    ids = [client.send_text(f"t{n}") for n in range(20)]
+    client.connect()  # already connecting or open: a no-op
+    for message_id in ids:
+        client.wait_ack(message_id, TIMEOUT)
+    assert server.session("s0").texts == [f"t{n}" for n in range(20)]
+
+
+# ---------------------------------------------------------------- close, always bounded
+
+
+def test_close_returns_when_on_state_needs_a_lock_the_caller_holds(
+    make_client: ClientFactory,
+) -> None:
+    """on_state blocking on a lock held by close()'s caller cannot make close() hang."""
+    app_lock = threading.Lock()
+    seen: list[ConnectionState] = []
+
+    def on_state(state: ConnectionState) -> None:
+        with app_lock:
+            seen.append(state)
+
+    client = make_client(on_state=on_state)
+    client.wait_connected(TIMEOUT)
+    closed = threading.Event()
+
+    def close_holding_the_lock() -> None:
+        with app_lock:
+            client.close()
+        closed.set()
+
+    closer = threading.Thread(target=close_holding_the_lock)
+    closer.start()
+    assert closed.wait(TIMEOUT), "close() hung"
+    closer.join(TIMEOUT)
+    # Once the lock is free the callback runs, and its thread ends.
+    join_all([t for t in client_threads() if t.name.startswith("avatar-im-callbacks")])
+    assert seen[-1] is ConnectionState.CLOSED
+
+
+def test_close_from_on_state_connecting(server: ReferenceServer) -> None:
+    """close() inside on_state(CONNECTING) closes the client; no error, no thread left."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+    holder: list[AvatarIM] = []
+
+    def on_state(state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTING:
+            try:
+                holder[0].close()
+            except BaseException as exc:
+                errors.append(exc)
+            done.set()
+
+    client = AvatarIM(
+        token="t",
+        app_id="a",
+        tenant_id="b",
+        session_id="s",
+        url=server.url,
+        on_state=on_state,
+        auto_connect=False,
+    )
+    holder.append(client)
+    client.connect()
+    assert done.wait(TIMEOUT)
+    assert errors == [] and client.closed
+    client.close()
+    join_all(client.threads)
+
+
+def test_close_and_connect_from_callbacks(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A message callback may close the client, and a state callback may connect it again."""
+    reconnected = threading.Event()
+    calls: list[str] = []
+    holder: list[AvatarIM] = []
+
+    def on_message(message: dict[str, object]) -> None:
+        if not calls:
+            calls.append("close")
+            holder[0].close()
+
+    def on_state(state: ConnectionState) -> None:
+        if state is ConnectionState.CLOSED and calls == ["close"]:
+            calls.append("connect")
+            holder[0].connect()
+        elif state is ConnectionState.OPEN and calls == ["close", "connect"]:
+            reconnected.set()
+
+    client = make_client(on_message=on_message, on_state=on_state)
+    holder.append(client)
+    client.start_session()
+    assert reconnected.wait(TIMEOUT)
+    assert client.state is ConnectionState.OPEN
+    started(client)
+    client.wait_ack(client.send_text("after"), TIMEOUT)
+
+
+# ---------------------------------------------------------------- callbacks never on the reader
+
+
+def test_base_exception_in_a_callback_leaves_the_client_working(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SystemExit from on_message is logged and counted; the client goes on sending."""
+    calls: list[object] = []
+    later = threading.Event()
+
+    def on_message(message: dict[str, object]) -> None:
+        calls.append(message)
+        if len(calls) == 1:
+            raise SystemExit(3)
+        later.set()  # callbacks run in order: the SystemExit was handled before this
+
+    client = started(make_client(on_message=on_message))
+    client.wait_ack(client.send_text("still here"), TIMEOUT)
+    assert later.wait(TIMEOUT), "no callback ran after the SystemExit"
+    assert client.state is ConnectionState.OPEN
+    assert client.stats.callback_errors >= 1
+    assert "raised; the client goes on" in caplog.text
+
+
+def test_slow_callback_does_not_stop_the_heartbeat(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A callback blocked for several heartbeats: pings go on, no dead peer, no reconnect."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def on_message(message: dict[str, object]) -> None:
+        entered.set()
+        release.wait(4 * TIMEOUT)
+
+    client = make_client(on_message=on_message, heartbeat_interval=0.05)
+    started(client)
+    assert entered.wait(TIMEOUT)
+    pings = server.stats.pings_answered
+    # Ten heartbeats while the callback is blocked, which is longer than the dead-peer limit.
+    assert server.wait_for(lambda: server.stats.pings_answered >= pings + 10, TIMEOUT)
+    client.wait_ack(client.send_text("meanwhile"), TIMEOUT)
+    release.set()
+    assert client.stats.reconnects == 0 and client.state is ConnectionState.OPEN
+
+
+def test_send_from_a_callback_waits_for_room_without_deadlock(
+    make_client: ClientFactory,
+) -> None:
+    """A callback that sends into a full outbox gets room as acks arrive (they are read)."""
+    sent: list[str] = []
+    done = threading.Event()
+    holder: list[AvatarIM] = []
+
+    def on_message(message: dict[str, object]) -> None:
+        if done.is_set() or sent:
+            return
+        for n in range(20):
+            sent.append(holder[0].send_text(f"from callback {n}"))
+        done.set()
+
+    client = make_client(on_message=on_message, max_outbox=2, send_timeout=TIMEOUT)
+    holder.append(client)
+    client.start_session()
+    assert done.wait(2 * TIMEOUT)
+    client.flush(TIMEOUT)
+    assert len(sent) == 20
+
+
+# ---------------------------------------------------------------- sends never block on the peer
+
+
+def test_sends_never_block_on_a_peer_that_stops_reading() -> None:
+    """Against a peer that never reads, 30 MB of sends return; a full outbox raises in time."""
+    with silent_websocket_server() as url:
+        client = AvatarIM(
+            token="t",
+            app_id="a",
+            tenant_id="b",
+            session_id="s",
+            url=url,
+            heartbeat_interval=None,
+            max_outbox=600,
+            send_timeout=0.2,
+        )
+        try:
+            client.wait_connected(TIMEOUT)
+            client.send_message({"type": "start"})
+            outcome: list[BaseException] = []
+
+            def flood() -> None:
+                try:
+                    for _ in range(700):
+                        client.send_message({"blob": "x" * 50_000})
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            sender = threading.Thread(target=flood)
+            sender.start()
+            sender.join(4 * TIMEOUT)
+            assert not sender.is_alive(), "a send blocked on the socket"
+            assert len(outcome) == 1 and isinstance(outcome[0], OutboxFullError)
+        finally:
+            client.close()
+
+
+# ---------------------------------------------------------------- wait_ack answers truthfully
+
+
+def test_wait_ack_on_an_unknown_id_raises(make_client: ClientFactory) -> None:
+    """An id this client never sent (a typo) raises UnknownMessageError, never returns."""
+    client = started(make_client())
+    message_id = client.send_text("hi")
+    client.wait_ack(message_id, TIMEOUT)
+    with pytest.raises(UnknownMessageError):
+        client.wait_ack(message_id + "x", TIMEOUT)
+
+
+def test_wait_ack_on_a_message_discarded_at_close_raises() -> None:
+    """A message still unacked at close() is reported as discarded, before and after reconnect."""
+    with silent_websocket_server() as url:
+        client = AvatarIM(token="t", app_id="a", tenant_id="b", session_id="s", url=url)
+        try:
+            client.wait_connected(TIMEOUT)
+            message_id = client.send_message({"type": "ping"})
+            client.close()
+            with pytest.raises(MessageDiscardedError) as caught:
+                client.wait_ack(message_id, TIMEOUT)
+            assert isinstance(caught.value, ClientClosedError)
+            client.connect(TIMEOUT)
+            with pytest.raises(MessageDiscardedError):
+                client.wait_ack(message_id, TIMEOUT)
+        finally:
+            client.close()
+
+
+def test_wait_ack_after_the_outcome_is_forgotten_raises(make_client: ClientFactory) -> None:
+    """Outcomes are remembered for max(4096, max_outbox) ids; an older one is unknown, not acked."""
+    client = started(make_client(max_outbox=10, send_timeout=TIMEOUT))
+    first = client.send_text("first")
+    client.wait_ack(first, TIMEOUT)
+    for n in range(4100):
+        client.send_text(f"t{n}")
+    client.flush(4 * TIMEOUT)
+    with pytest.raises(UnknownMessageError):
+        client.wait_ack(first, TIMEOUT)
+
+
+def test_wait_ack_on_a_refused_message_still_raises_ack_error(make_client: ClientFactory) -> None:
+    """A refusal is still reported as AckError."""
+    client = make_client()
+    message_id = client.send_message({"type": "dataSend", "sessionId": "nope", "text": "x"})
+    with pytest.raises(AckError):
+        client.wait_ack(message_id, TIMEOUT)
+
+
+# ---------------------------------------------------------------- session flag
+
+
+def test_session_ready_stays_clear_when_stopped_before_the_start_result(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """start then stop before the startResult: the flag and start_result are not set later."""
+    client = make_client()
+    client.start_session()
+    stop_id = client.stop_session()
+    client.wait_ack(stop_id, TIMEOUT)
+    client.flush(TIMEOUT)
+    assert server.wait_for(lambda: server.stats.acks_sent >= 2, TIMEOUT)
+    assert not client.session_ready.is_set()
+    assert client.session_state.value == "stopped"
+
+
+# ---------------------------------------------------------------- backoff
+
+
+@contextmanager
+def accept_then_drop_server() -> Iterator[tuple[str, list[int]]]:
+    """A WebSocket server that completes the handshake, sends `1`, then closes at once."""
+    from websockets.sync.server import ServerConnection, serve
+
+    accepted: list[int] = []
+
+    def handler(connection: ServerConnection) -> None:
+        accepted.append(1)
+        connection.send("1")
+        connection.close()
+
+    with serve(handler, "127.0.0.1", 0, ping_interval=None) as srv:
+        thread = threading.Thread(target=srv.serve_forever, name="drop-server")
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{srv.socket.getsockname()[1]}/ws", accepted
+        finally:
+            srv.shutdown()
+            thread.join(TIMEOUT)
+
+
+def test_backoff_grows_against_a_server_that_accepts_and_drops() -> None:
+    """Connections that carry no ack do not reset the backoff: max_attempts is reached."""
+    policy = ReconnectPolicy(initial_delay=0.01, multiplier=2.0, max_delay=0.2, max_attempts=6)
+    with accept_then_drop_server() as (url, accepted):
+        client = AvatarIM(
+            token="t", app_id="a", tenant_id="b", session_id="s", url=url, reconnect=policy
+        )
+        try:
+            assert client._connection.wait_for(lambda p: False, 4 * TIMEOUT) is False
+            assert client.closed, "the reconnect attempts never ran out"
+            assert client._connection.failure is not None
+            assert len(accepted) <= 8
+        finally:
+            client.close()
+
+
+# ---------------------------------------------------------------- forks
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_client_made_before_fork_refuses_use_in_the_child(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """In the child: a typed error at once, never a byte on the parent's socket."""
+    client = started(make_client())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave, whatever happens
+        report: dict[str, object] = {}
+        try:
+            report["closed"] = client.closed
+            try:
+                client.send_text("from the child")
+            except ForkedClientError as exc:
+                report["error"] = str(exc)
+            client.close()
+            report["threads"] = len(client.threads)
+        except BaseException as exc:
+            report["crash"] = repr(exc)
+        os.write(write_end, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert report.get("closed") is True and "make a new client" in str(report.get("error"))
+    assert report.get("threads") == 0
+    # The parent's connection is untouched by the child's close().
+    client.wait_ack(client.send_text("from the parent"), TIMEOUT)
+    assert client.state is ConnectionState.OPEN
+    assert server.session("s0").texts == ["from the parent"]
+    assert server.stats.connections_total == 1
+
+
+# ---------------------------------------------------------------- bad input at the call
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, -1.0])
+def test_heartbeat_interval_must_be_finite(value: float) -> None:
+    """A non-finite or huge heartbeat interval raises at the constructor, never in a thread."""
+    with pytest.raises(InvalidArgumentError):
+        AvatarIM(token="t", app_id="a", tenant_id="b", session_id="s", heartbeat_interval=value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300])
+def test_timeouts_must_be_finite(make_client: ClientFactory, value: float) -> None:
+    """A wait's timeout of inf, nan or 1e300 raises InvalidArgumentError, not OverflowError."""
+    client = make_client()
+    with pytest.raises(InvalidArgumentError):
+        client.wait_connected(value)
+    with pytest.raises(InvalidArgumentError):
+        client.receive(value)
+
+
+def test_an_unclosed_ipv6_bracket_in_the_url_is_a_typed_error() -> None:
+    """url='ws://[::1' raises InvalidArgumentError, not a bare ValueError."""
+    with pytest.raises(InvalidArgumentError):
+        AvatarIM(token="t", app_id="a", tenant_id="b", session_id="s", url="ws://[::1")
+
+
+def test_non_finite_numbers_are_refused_at_the_call(make_client: ClientFactory) -> None:
+    """send_message with NaN or Infinity raises; nothing invalid goes on the wire."""
+    client = make_client()
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(InvalidArgumentError):
+            client.send_message({"x": value})
+    assert client.stats.outbox == 0
+
+
+# ---------------------------------------------------------------- redirects
+
+
+def test_a_redirect_at_the_upgrade_is_refused_not_followed() -> None:
+    """HTTP 302 at the handshake: a HandshakeError naming it; websocket-client does not follow."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        listener.settimeout(TIMEOUT)
+        for _ in range(2):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                requests.append(conn.recv(4096))
+                conn.sendall(
+                    b"HTTP/1.1 302 Found\r\nLocation: ws://127.0.0.1:9/elsewhere\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client = AvatarIM(
+        token="t", app_id="a", tenant_id="b", session_id="s", url=f"ws://127.0.0.1:{port}/ws"
+    )
+    try:
+        with pytest.raises(HandshakeError) as caught:
+            client.wait_connected(TIMEOUT)
+        assert "redirect" in str(caught.value)
+        assert client.closed and len(requests) == 1
+    finally:
+        client.close()
+        listener.close()
+        thread.join(TIMEOUT)
