@@ -179,7 +179,8 @@ class Dialer:
     ) -> None:
         """HTTP CONNECT through the proxy *sock* is connected to."""
         self._check(deadline, sock)
-        lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
+        authority = _authority(host, port)
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
         if auth:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
             lines.append(f"Proxy-Authorization: Basic {token}")
@@ -224,6 +225,15 @@ class Dialer:
             tls.close()
             raise
         return tls
+
+
+def _authority(host: str, port: int) -> str:
+    """``host:port`` for a request line, an IPv6 literal in brackets (RFC 9110, 7.2)."""
+    # urlsplit() strips the brackets from an IPv6 host; without them the proxy cannot tell
+    # the address from the port.
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 def _env_ca_bundle() -> str | None:

@@ -3,11 +3,14 @@ reader, forks, bounded close, backoff that grows, and sends that never block on 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -47,22 +50,29 @@ def join_all(threads: list[threading.Thread]) -> None:
 
 def test_concurrent_connects_start_one_reader(make_client: ClientFactory) -> None:
     """Eight threads calling connect() at once start exactly one reader; close() ends it."""
-    client = make_client(auto_connect=False)
-    barrier = threading.Barrier(8)
+    pause = threading.Event()
 
-    def connect() -> None:
-        barrier.wait(TIMEOUT)
-        client.connect()
+    def on_state(state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTING:
+            pause.wait(0.02)  # an application's slow callback widens any race window
 
-    threads = [threading.Thread(target=connect) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    join_all(threads)
-    client.wait_connected(TIMEOUT)
-    readers = [t for t in client_threads() if t.name.startswith("avatar-im-reader-")]
-    assert len(readers) == 1
-    client.close()
-    assert not readers[0].is_alive()
+    for _ in range(10):
+        client = make_client(auto_connect=False, on_state=on_state)
+        barrier = threading.Barrier(8)
+
+        def connect(client: AvatarIM = client, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(TIMEOUT)
+            client.connect()
+
+        threads = [threading.Thread(target=connect) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        join_all(threads)
+        client.wait_connected(TIMEOUT)
+        readers = [t for t in client.threads if t.name.startswith("avatar-im-reader-")]
+        assert len(readers) == 1
+        client.close()
+        assert client.threads == []
 
 
 def test_connect_on_a_live_client_keeps_the_outbox(
@@ -495,3 +505,110 @@ def test_a_redirect_at_the_upgrade_is_refused_not_followed() -> None:
         client.close()
         listener.close()
         thread.join(TIMEOUT)
+
+
+# ---------------------------------------------------------------- a backlog over a slow link
+
+
+class SlowLinkPeer:
+    """A hand-made WebSocket server on a raw socket that reads slowly, as over a slow link.
+
+    It completes the handshake only once :attr:`go` is set, sends `1`, then a `4` every
+    20 ms (so a client that keeps reading sees a live peer) while it reads at most
+    *rate* bytes per second.  It counts connections and bytes received.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.go = threading.Event()
+        self.stop = threading.Event()
+        self.connections = 0
+        self.received = 0
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/ws"
+        self.thread = threading.Thread(target=self._serve, name="slow-link-peer")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.05)
+        deadline = time.monotonic() + 6 * TIMEOUT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(TIMEOUT)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in request.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key")
+                )
+                accept = base64.b64encode(
+                    hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+                )
+                self.go.wait(TIMEOUT)
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
+                conn.sendall(b"\x81\x011")
+                conn.settimeout(0.02)
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    conn.sendall(b"\x81\x014")  # liveness, unasked
+                    try:
+                        data = conn.recv(self.rate // 50)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break
+                    self.received += len(data)
+                    self.stop.wait(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(TIMEOUT)
+        self.listener.close()
+
+
+def test_reading_goes_on_while_a_backlog_drains_over_a_slow_link() -> None:
+    """12 MB queued before the handshake drain at ~10 MB/s; the peer never looks dead."""
+    peer = SlowLinkPeer(rate=10_000_000)
+    client = AvatarIM(
+        token="t",
+        app_id="a",
+        tenant_id="b",
+        session_id="s",
+        url=peer.url,
+        heartbeat_interval=0.1,  # dead after 0.3 s without a frame from the peer
+    )
+    try:
+        blob = "x" * 60_000
+        for _ in range(200):
+            client.send_message({"blob": blob})
+        peer.go.set()
+        client.wait_connected(TIMEOUT)
+        assert _wait_until(lambda: peer.received >= 200 * 60_000, 4 * TIMEOUT), peer.received
+        assert peer.connections == 1 and client.stats.reconnects == 0
+        assert client.state is ConnectionState.OPEN
+    finally:
+        client.close()
+        peer.close()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Wait on a predicate that no condition signals, polling every 10 ms, bounded."""
+    event = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        event.wait(0.01)
+    return True

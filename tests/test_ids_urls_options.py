@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
+import select
+import time
+import weakref
+from multiprocessing.connection import Connection
+
 import pytest
+from conftest import TIMEOUT
 
 from avatar_im import (
     InvalidArgumentError,
@@ -10,7 +19,7 @@ from avatar_im import (
     ReconnectPolicy,
     SessionOptions,
 )
-from avatar_im.ids import MessageIdFactory, RecentIds
+from avatar_im.ids import MessageIdFactory, RecentIds, default_id_factory
 from avatar_im.options import refresh_fields
 from avatar_im.urls import DEFAULT_URL, build_url, redact_url
 
@@ -35,6 +44,145 @@ def test_recent_ids_bounded_and_o1() -> None:
     assert seen.add("d") is True  # evicts "a"
     assert "a" not in seen and len(seen) == 3
     assert seen.add("a") is True
+
+
+#: How many ids each side of a fork makes.
+FORK_IDS = 200
+
+
+def _read_until_eof(fd: int, timeout: float) -> bytes:
+    """Read *fd* to its end, failing after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    raise AssertionError(f"no end of the pipe from the child within {timeout} s")
+
+
+def test_forked_child_makes_ids_its_parent_never_makes() -> None:
+    """After os.fork(), the default factory's ids in parent and child never overlap."""
+    pinned = MessageIdFactory("pinned")
+    default_id_factory.new(1)  # the factory is in use before the fork, as in a preloaded app
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            ids = [default_id_factory.new(1) for _ in range(FORK_IDS)] + [pinned.new(1)]
+            data = "\n".join(ids).encode()
+            while data:
+                data = data[os.write(write_end, data) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        parent_ids = {default_id_factory.new(1) for _ in range(FORK_IDS)}
+        child_ids = _read_until_eof(read_end, TIMEOUT).decode().split("\n")
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    *child_default_ids, child_pinned_id = child_ids
+    assert len(set(child_default_ids)) == FORK_IDS
+    assert parent_ids.isdisjoint(child_default_ids)
+    # An explicit instance is the caller's to keep unique: the child keeps it as given.
+    assert child_pinned_id.startswith("msg_1_pinned_")
+
+
+def _send_default_ids(connection: Connection) -> None:
+    connection.send([default_id_factory.new(1) for _ in range(FORK_IDS)])
+    connection.close()
+
+
+def test_multiprocessing_fork_children_make_distinct_ids() -> None:
+    """Children started by multiprocessing's "fork" context make ids no one else makes."""
+    default_id_factory.new(1)
+    context = multiprocessing.get_context("fork")
+    pipes = [context.Pipe(duplex=False) for _ in range(2)]
+    children = [context.Process(target=_send_default_ids, args=(w,)) for _, w in pipes]
+    for child in children:
+        child.start()
+    try:
+        for _, write_end in pipes:
+            write_end.close()
+        seen = {default_id_factory.new(1) for _ in range(FORK_IDS)}
+        for read_end, _ in pipes:
+            assert read_end.poll(TIMEOUT), "a child sent no ids in time"
+            child_ids = set(read_end.recv())
+            assert len(child_ids) == FORK_IDS and seen.isdisjoint(child_ids)
+            seen |= child_ids
+    finally:
+        for child in children:
+            child.join(TIMEOUT)
+            if child.is_alive():
+                child.kill()
+                child.join(TIMEOUT)
+    assert [child.exitcode for child in children] == [0, 0]
+
+
+def test_id_factories_are_not_kept_alive_by_the_fork_hook() -> None:
+    """A factory that is no longer referenced is freed: the fork hook holds it weakly."""
+    factory = MessageIdFactory()
+    ref = weakref.ref(factory)
+    del factory
+    gc.collect()
+    assert ref() is None
+
+
+def test_recent_ids_bounded_by_bytes() -> None:
+    """With max_bytes, the oldest ids go until both the count and the byte bound hold."""
+    seen = RecentIds(capacity=10, max_bytes=10)
+    assert [seen.add(x) for x in ("aaaa", "bbbb", "cc")] == [True, True, True]
+    assert seen.nbytes == 10 and len(seen) == 3
+    assert seen.add("dddd") is True  # evicts "aaaa" only: 4 + 2 + 4 = 10
+    assert "aaaa" not in seen and all(x in seen for x in ("bbbb", "cc", "dddd"))
+    assert seen.add("eeeeeeeee") is True  # 9 bytes: evicts everything else
+    assert len(seen) == 1 and seen.nbytes == 9
+    assert seen.add("eeeeeeeee") is False
+
+
+def test_recent_ids_memory_bounded_with_huge_ids() -> None:
+    """A thousand 100 kB ids keep at most max_bytes of ids alive."""
+    seen = RecentIds(capacity=1000, max_bytes=1_000_000)
+    for n in range(1000):
+        assert seen.add(f"{n:06d}" + "x" * 100_000)
+        assert seen.nbytes <= 1_000_000
+    assert len(seen) == 9
+    assert f"{999:06d}" + "x" * 100_000 in seen
+
+
+def test_recent_ids_never_remembers_an_id_over_max_bytes() -> None:
+    """An id longer than max_bytes on its own is not remembered and evicts nothing."""
+    seen = RecentIds(capacity=4, max_bytes=8)
+    seen.add("small")
+    assert seen.add("x" * 9) is True
+    assert seen.add("x" * 9) is True
+    assert "x" * 9 not in seen and "small" in seen and len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"capacity": 0}, ValueError),
+        ({"max_bytes": 0}, ValueError),
+        ({"max_bytes": -5}, ValueError),
+        ({"capacity": 2.5}, TypeError),
+        ({"max_bytes": "100"}, TypeError),
+        ({"capacity": True}, TypeError),
+    ],
+)
+def test_recent_ids_bad_bounds(kwargs: dict[str, object], error: type[Exception]) -> None:
+    """Bounds below 1 raise ValueError; bounds that are not ints raise TypeError."""
+    with pytest.raises(error):
+        RecentIds(**kwargs)  # type: ignore[arg-type]
 
 
 def test_url_matches_original_for_plain_values_and_encodes_the_rest() -> None:

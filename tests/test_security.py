@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from avatar_im import (
     InvalidArgumentError,
     ProtocolError,
 )
+from avatar_im.dial import Dialer
 from avatar_im.packets import Packet, decode_frame
 from avatar_im.protocol import ClientProtocol
 from avatar_im.server import Credentials, ReferenceServer
@@ -174,6 +177,46 @@ def test_proxy_environment_variables(
         assert len(proxy.targets) == 1
     finally:
         proxy.close()
+
+
+def _answer_one_connect(listener: socket.socket, heads: list[list[str]]) -> None:
+    """Accept one connection, record its request head's lines, answer 200 and close."""
+    client, _ = listener.accept()
+    with client:
+        client.settimeout(TIMEOUT)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        heads.append(head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n"))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "authority"),
+    [
+        ("::1", "[::1]:443"),
+        ("2001:db8::7", "[2001:db8::7]:443"),
+        ("example.com", "example.com:443"),
+    ],
+)
+def test_connect_request_brackets_ipv6_hosts(host: str, authority: str) -> None:
+    """CONNECT names an IPv6 literal as [addr]:port in the request line and Host header."""
+    heads: list[list[str]] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        proxy = threading.Thread(target=_answer_one_connect, args=(listener, heads))
+        proxy.start()
+        try:
+            proxy_address = ("127.0.0.1", listener.getsockname()[1], None)
+            Dialer().dial(host, 443, secure=False, timeout=TIMEOUT, proxy=proxy_address).close()
+        finally:
+            proxy.join(TIMEOUT)
+    assert not proxy.is_alive()
+    assert heads[0][0] == f"CONNECT {authority} HTTP/1.1"
+    assert f"Host: {authority}" in heads[0][1:]
 
 
 @pytest.mark.parametrize(

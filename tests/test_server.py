@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import os
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ import pytest
 import websocket
 
 import avatar_im.server
+from avatar_im import AvatarIM
 from avatar_im.packets import encode_envelope
 from avatar_im.server import (
     BAD_CONTENT,
@@ -473,6 +476,72 @@ def test_fault_ack_delay(srv: ReferenceServer, connect: Connect) -> None:
     assert '"replyTo":"m1"' in frames[0] and '"replyTo":"m2"' in frames[1]
     assert frames[2:] == ['6{"messageId":"m1"}', '6{"messageId":"m2"}']
     assert time.monotonic() - sent_at >= 0.3
+
+
+#: Delayed acks the peer that stops reading is sent, and the size of each: together far more
+#: than loopback socket buffers hold (Linux caps a send buffer at 4 MiB by default).
+FLOOD_ACKS = 128
+FLOOD_ID_BYTES = 64 * 1024
+
+
+def open_unread_connection(server: ReferenceServer) -> socket.socket:
+    """A WebSocket connection, handshake done by hand, with a tiny receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: sets the window
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            "GET /ws?t=tok&app=app&tenant=ten HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        chunk = sock.recv(1)  # byte by byte: leave the frames after the handshake unread
+        assert chunk, "the server closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return sock
+
+
+def test_peer_that_stops_reading_delays_no_other_connection_s_acks() -> None:
+    """With ack_delay, a peer that never reads its acks cannot hold back another client's."""
+    before = set(threading.enumerate())
+    with ReferenceServer() as server:
+        client = AvatarIM(
+            token="tok", app_id="app", tenant_id="ten", session_id="reader", url=server.url
+        )
+        unread = open_unread_connection(server)
+        try:
+            client.start_session()
+            client.wait_session_ready(TIMEOUT)
+            # Long enough for the server to read the whole flood (~0.15 s) before acking any.
+            server.faults.ack_delay = TIMEOUT / 5
+            received = server.stats.frames_received
+            for n in range(FLOOD_ACKS):  # each answered by a BAD_CONTENT ack echoing its id
+                message_id = f"{n:04d}" + "x" * FLOOD_ID_BYTES
+                body = json.dumps({"messageId": message_id, "content": {}})
+                unread.sendall(
+                    websocket.ABNF.create_frame("5" + body, websocket.ABNF.OPCODE_TEXT).format()
+                )
+            # Every flood message was read, so every flood ack is due before the client's.
+            assert server.wait_for(
+                lambda: server.stats.frames_received >= received + FLOOD_ACKS, TIMEOUT
+            )
+            client.wait_ack(client.send_text("still acked"), TIMEOUT)
+            assert server.stats.acks_sent < FLOOD_ACKS  # the flood's sender is still blocked
+        finally:
+            client.close()
+            stopped_at = time.monotonic()
+            server.stop()
+            assert time.monotonic() - stopped_at < 2.0
+            unread.close()
+    leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert leftover == []
 
 
 def test_fault_refuse_handshake(srv: ReferenceServer, connect: Connect) -> None:

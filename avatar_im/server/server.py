@@ -10,8 +10,15 @@ Threads (all of them are ended by :meth:`ReferenceServer.stop`):
 * the accept thread runs ``websockets``' ``Server.serve_forever``;
 * ``websockets`` starts one handler thread per connection, which runs
   :meth:`ReferenceServer._serve_connection`, and one ``recv_events`` thread;
-* the timer thread (:class:`.timer.Timer`) sends delayed acks and forgets
-  sessions whose grace period ran out;
+* the timer thread (:class:`.timer.Timer`) forgets sessions whose grace
+  period ran out and, when a delayed ack comes due, only puts it on its
+  connection's ack queue: it never sends, so it never blocks on a peer;
+* one ack sender thread per connection that has had a delayed ack (started
+  with the first one) sends that connection's due acks, in order.  A peer that
+  stops reading blocks its own sender (and its own handler thread, which sends
+  replies) and nothing else: every other connection's acks keep their times.
+  It exits when its connection closes (its handler thread queues an end
+  marker; a blocked send fails once the socket is shut down);
 * :meth:`ReferenceServer.disconnect` starts one short-lived closer thread per
   connection, so that it never waits for a peer's closing handshake.
 
@@ -48,6 +55,7 @@ import functools
 import http
 import itertools
 import logging
+import queue
 import secrets
 import socket
 import ssl
@@ -166,6 +174,12 @@ class _Connection:
     id: int
     ws: ServerConnection
     peer: Peer
+    # Delayed acks that came due, in due order, then None once the connection closed.  The
+    # timer thread puts (a SimpleQueue put never blocks); the ack sender takes.
+    due_acks: queue.SimpleQueue[str | None] = attrs.field(factory=queue.SimpleQueue)
+    # The ack sender thread (see ReferenceServer._send_due_acks), started with the first
+    # delayed ack by the handler thread, which alone sets it; None until then.
+    ack_sender: threading.Thread | None = None
 
 
 def _shutdown_socket(sock: socket.socket) -> None:
@@ -304,6 +318,11 @@ class ReferenceServer:
         # blocking until the peer answers the close frame, CLOSE_TIMEOUT passes or stop()
         # shuts the socket down; each removes itself from this set when done.
         self._closers: set[threading.Thread] = set()
+        # Ack sender threads, one per connection that had a delayed ack: each blocks on its
+        # connection's due_acks queue, and in sending to its own peer only; it exits on the
+        # None its handler thread queues as the connection ends, and removes itself from this
+        # set.  stop() joins them after every handler thread has ended.
+        self._ack_senders: set[threading.Thread] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -324,11 +343,12 @@ class ReferenceServer:
         """
         with self._lifecycle:
             if self._phase == "running":
+                # Ends every handler thread, and so queues the end marker of every ack sender.
                 self._close_listener()
                 self._timer.stop(JOIN_TIMEOUT)
                 with self._lock:
-                    closers = list(self._closers)
-                for thread in closers:
+                    threads = [*self._closers, *self._ack_senders]
+                for thread in threads:
                     thread.join(JOIN_TIMEOUT)
                 logger.info("reference server on port %d stopped", self._port)
             self._phase = "stopped"
@@ -503,6 +523,7 @@ class ReferenceServer:
             if self._send(conn, encode_frame(PacketType.ACCEPTED)):
                 self._read(conn)
         finally:
+            conn.due_acks.put(None)  # ends the ack sender, if any, after the acks already due
             with self._changed:
                 del self._connections[conn.id]
                 self._state.stats.connections_open -= 1
@@ -607,9 +628,38 @@ class ReferenceServer:
         frame = encode_frame(PacketType.ACK, body)
         delay = faults.ack_delay
         if delay > 0:
-            self._timer.call_later(delay, functools.partial(self._send_ack, conn, frame))
+            # The timer thread is shared by every connection: it only queues the due ack, and
+            # this connection's own sender thread sends it (see the module docstring).
+            self._start_ack_sender(conn)
+            self._timer.call_later(delay, functools.partial(conn.due_acks.put, frame))
         else:
             self._send_ack(conn, frame)
+
+    def _start_ack_sender(self, conn: _Connection) -> None:
+        """Start *conn*'s ack sender thread unless it has one.  On *conn*'s handler thread."""
+        if conn.ack_sender is not None:
+            return
+        thread = threading.Thread(
+            target=self._send_due_acks,
+            args=(conn,),
+            name=f"avatar-im-server-acks-{conn.id}",
+            # Like the timer: a server that is never stopped must not keep the process alive.
+            daemon=True,
+        )
+        conn.ack_sender = thread
+        with self._lock:
+            self._ack_senders.add(thread)
+        thread.start()
+
+    def _send_due_acks(self, conn: _Connection) -> None:
+        """The ack sender thread: send *conn*'s due acks until its end marker."""
+        try:
+            # Ends on the None that _serve_connection queues as the connection ends.
+            while (frame := conn.due_acks.get()) is not None:
+                self._send_ack(conn, frame)
+        finally:
+            with self._lock:
+                self._ack_senders.discard(threading.current_thread())
 
     # The counters of sent frames are raised before sending (and lowered again if the send
     # fails), so that a client that has received a frame already sees it counted.

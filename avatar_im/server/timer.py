@@ -4,6 +4,10 @@ Callbacks run one at a time on the timer thread, in time order (ties in the
 order they were scheduled), outside the timer's lock.  A callback that raises
 is logged and does not stop the thread.  Callbacks still pending at
 :meth:`Timer.stop` are dropped.
+
+Every connection shares the one thread, so a callback must never block (never
+send to a peer, which may have stopped reading): the server's callbacks only
+queue a due ack for its connection's own sender thread, or forget a session.
 """
 
 from __future__ import annotations

@@ -1,0 +1,170 @@
+"""The Flask example under gunicorn: several pre-forked workers share one reference server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT
+
+from avatar_im.server import ReferenceServer
+
+pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install 'gunicorn>=21')")
+pytest.importorskip("flask", reason="flask is not installed (pip install -e '.[examples]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: How many requests each run sends, and from how many threads at once (as many as the
+#: 4 workers x 4 threads serve at once).
+REQUESTS = 200
+CONCURRENCY = 16
+#: Bounds one request: above the example's REPLY_TIMEOUT (10 s), so a lost reply shows as 504.
+REQUEST_TIMEOUT = 15.0
+WORKERS = 4
+
+#: A gunicorn config file whose hook writes one byte to the test's pipe per worker that is up.
+READY_HOOK = """\
+import os
+
+
+def post_worker_init(worker):
+    os.write(int(os.environ["AVATAR_IM_TEST_READY_FD"]), b"+")
+"""
+
+
+def wait_workers_up(ready_fd: int, count: int, timeout: float) -> None:
+    """Read one byte per worker from *ready_fd*; fail if gunicorn ends or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while len(seen) < count:
+        remaining = deadline - time.monotonic()
+        readable, _, _ = select.select([ready_fd], [], [], max(remaining, 0))
+        assert readable, f"{len(seen)} of {count} gunicorn workers up within {timeout} s"
+        chunk = os.read(ready_fd, count)
+        assert chunk, "gunicorn ended before its workers were up"
+        seen += chunk
+
+
+def post_say(port: int, text: str) -> tuple[int, Any]:
+    """POST {"text": text} to /api/say; return the status and the decoded JSON body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/say",
+        data=json.dumps({"text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+
+def stop_gunicorn(process: subprocess.Popen[bytes]) -> None:
+    """End gunicorn gracefully (SIGTERM), then for good (SIGKILL to its group)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    # The master did not end in time, or died before its workers: end its whole group (it
+    # was started in a session of its own, so the group id is its pid).
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait(TIMEOUT)
+
+
+def gunicorn_command(config: Path, listener: socket.socket, preload: bool) -> list[str]:
+    """The command line that serves the Flask example on *listener*."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"--config={config}",
+        f"--workers={WORKERS}",
+        # Threads serve requests at once within each worker, so that ids are made in several
+        # workers in the same millisecond, as in production; no worker takes more connections
+        # than it has threads, so the load spreads over every worker.
+        "--worker-class=gthread",
+        "--threads=4",
+        "--worker-connections=4",
+        "--keep-alive=0",
+        # gunicorn serves the socket the test already listens on: no port race, and requests
+        # made before the workers are up wait in its backlog.
+        f"--bind=fd://{listener.fileno()}",
+        "--graceful-timeout=2",
+        *(["--preload"] if preload else []),
+        "examples.flask_app:create_app()",
+    ]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: Path) -> None:
+    """Under 4 gunicorn workers, with or without --preload, each request gets its own reply."""
+    config = tmp_path / "gunicorn_conf.py"
+    config.write_text(READY_HOOK)
+    log_path = tmp_path / "gunicorn.log"
+    texts = [f"hello {n}" for n in range(REQUESTS)]
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(ReferenceServer(host="127.0.0.1", port=0))
+        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        log = stack.enter_context(log_path.open("wb"))
+        ready_read, ready_write = os.pipe()
+        stack.callback(os.close, ready_read)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_IM_")}
+        env["AVATAR_IM_URL"] = server.url
+        env["AVATAR_IM_TEST_READY_FD"] = str(ready_write)
+        try:
+            process = subprocess.Popen(
+                gunicorn_command(config, listener, preload),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(), ready_write),
+                start_new_session=True,  # its own process group, so a kill reaches the workers
+            )
+        finally:
+            os.close(ready_write)  # gunicorn's copies are the only writers left
+        with contextlib.ExitStack() as running:
+            running.callback(stop_gunicorn, process)
+            wait_workers_up(ready_read, WORKERS, TIMEOUT * 2)
+            with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+                port = listener.getsockname()[1]
+                results = list(pool.map(lambda text: post_say(port, text), texts))
+        output = log_path.read_text(errors="replace")
+        failures = [
+            (text, status, body)
+            for text, (status, body) in zip(texts, results, strict=True)
+            if status != 200 or body.get("reply") != f"You said: {text}"
+        ]
+        assert failures == [], f"{len(failures)} of {REQUESTS} failed; gunicorn said:\n{output}"
+        # Every reply answers the message its own request sent, and every text got there once.
+        assert all(body["content"]["type"] == "textReply" for _, body in results)
+        assert len({body["content"]["replyTo"] for _, body in results}) == REQUESTS
+        texts_received: list[str] = []
+        for session_id in server.session_ids():
+            snapshot = server.session(session_id)
+            assert snapshot is not None
+            texts_received += snapshot.texts
+        assert sorted(texts_received) == sorted(texts)
+        # Each worker served requests, over its own connection.
+        assert server.stats.connections_total == WORKERS
