@@ -870,7 +870,7 @@ class AvatarIM:
                 logger.debug("connection accepted")
 
     def _handle_state(self, state: ConnectionState) -> None:
-        """Called under the connection's lock on a state change: queue, never run, on_state."""
+        """Called on each state change, in order, no lock held: queue, never run, on_state."""
         logger.debug("state: %s", state.value)
         if state is ConnectionState.CLOSED:
             with self._inbox_lock:

@@ -48,6 +48,9 @@ Locks:
 * ``_send_lock`` lets one thread at a time move frames from the protocol to
   the transport, so frames leave in protocol order; a thread that finds it
   taken leaves its frames to the holder, which loops until nothing is left.
+* ``_report_lock`` serialises the reports of state changes to ``on_state``
+  (queued under ``_lock``, passed on after it is released), so they arrive
+  in order; ``on_state`` only queues the application's callback.
 
 In the child of a ``fork()``, a connection made before it closes itself
 without touching the parent's socket, and every later call raises
@@ -56,6 +59,7 @@ without touching the parent's socket, and every later call raises
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import logging
@@ -145,8 +149,8 @@ class Connection:
         self._url = url
         self._policy = policy
         self._connect_timeout = connect_timeout
-        # Both run on the reader (on_state also on the thread that changes the state,
-        # under _lock): they must only queue work, never call application code.
+        # on_events runs on the reader, on_state on the thread that changed the state (after
+        # releasing _lock, in order): both must only queue work, never call application code.
         self._on_events = on_events
         self._on_state = on_state
         self._transport_options = dict(transport_options or {})
@@ -180,6 +184,11 @@ class Connection:
         self._readers: list[threading.Thread] = []
         self._forked = False
         self._pid = os.getpid()
+        # State changes not yet reported to on_state, in order (guarded by _lock).
+        self._reports: collections.deque[ConnectionState] = collections.deque()
+        # Serialises reporting, so on_state sees the changes in order; held only around
+        # on_state, which only queues (see __init__'s note), never around _lock.
+        self._report_lock = threading.Lock()
 
     # ------------------------------------------------------------ public
 
@@ -214,6 +223,7 @@ class Connection:
             # Started under the lock: the reader's first step waits for it, and close()
             # can never see a reader that is not started yet.
             reader.start()
+        self._report()
         return True
 
     def wait_for(self, predicate: Callable[[ClientProtocol], bool], timeout: float | None) -> bool:
@@ -281,6 +291,7 @@ class Connection:
             self._changed.notify_all()
             self._room.notify_all()
             readers = [t for t in self._readers if t is not current]
+        self._report()
         if transport is not None:
             # A clean close: our close frame; the server's answer ends the reader's read.
             transport.send_close(timeout=min(0.2, timeout / 4))
@@ -306,7 +317,17 @@ class Connection:
             raise LifecycleError(f"illegal connection state change: {old.value} -> {state.value}")
         self.state = state
         self._changed.notify_all()
-        self._on_state(state)
+        self._reports.append(state)  # the caller calls _report() once it released the lock
+
+    def _report(self) -> None:
+        """Pass the state changes not yet reported to on_state, in order; not under _lock."""
+        with self._report_lock:
+            while True:
+                with self._lock:
+                    if not self._reports:
+                        return
+                    state = self._reports.popleft()
+                self._on_state(state)
 
     def _sync_ready(self) -> None:
         """Mirror the session state in :attr:`session_ready`; needs the lock."""
@@ -332,6 +353,7 @@ class Connection:
             self._sync_ready()
             self._changed.notify_all()
             self._room.notify_all()
+        self._report()
 
     # ------------------------------------------------------------ fork
 
@@ -348,6 +370,8 @@ class Connection:
         if transport is not None:
             transport.forget()
         self._readers = []
+        self._reports.clear()
+        self._report_lock = threading.Lock()
         self.generation += 1
         self.protocol.close()
         self.state = ConnectionState.CLOSED  # no report: the parent's callbacks are not ours
@@ -478,6 +502,7 @@ class Connection:
                     opened_at = time.monotonic()
                     self._set_state(ConnectionState.OPEN)
                     self._changed.notify_all()
+                self._report()
                 logger.info("connected to %s", redact_url(self._url))
                 self.flush()
                 ended = self._read(generation, transport)
@@ -565,6 +590,7 @@ class Connection:
             if generation != self.generation:
                 return False
             self._set_state(ConnectionState.RECONNECTING)
+        self._report()
         delay = self._policy.delay(attempt, random.random())
         logger.debug("reconnect attempt %d in %.3fs", attempt + 1, delay)
         return not wakeup.wait(delay) and generation == self.generation
