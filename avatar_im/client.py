@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
@@ -78,6 +78,25 @@ MessageCallback = Callable[[dict[str, Any]], object]
 AckErrorCallback = Callable[[AckError], object]
 StateCallback = Callable[[ConnectionState], object]
 Matcher = Callable[[dict[str, Any]], bool]
+
+
+class InstanceLike(Protocol):
+    """What :meth:`AvatarIM.from_instance` reads of an instance (``aliyun.AvatarInstance``)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> int | str: ...
+
+
+class RunningInstanceSource(Protocol):
+    """What renews an instance's token (``aliyun.AvatarOpenAPI``)."""
+
+    def query_running_instance(self, session_id: str) -> InstanceLike | None: ...
 
 
 @attrs.frozen
@@ -144,13 +163,58 @@ class AvatarIM:
             print(client.receive(timeout=5))
 
     Thread-safe: any number of threads may call the send methods at once.
-    Callbacks run on the client's reader thread; keep them short.
+    Callbacks run on the client's callback thread, one at a time and in order;
+    they may block or call any method without stalling the connection.
+
+    *token_provider*, a callable returning a token, is asked for a fresh one
+    before every connect but the first (before the first too when *token* is
+    not given).  With it, a handshake refused for the credentials (401/403) or
+    a ``2`` with ``CONNECTION_TIMEOUT`` renews the token, starts the session
+    again and resends what is unacknowledged, instead of closing for good.  It
+    runs on the reader thread; keep it bounded (an HTTP call with a timeout).
     """
+
+    @classmethod
+    def from_instance(
+        cls,
+        instance: InstanceLike,
+        *,
+        url: str = DEFAULT_URL,
+        openapi: RunningInstanceSource | None = None,
+        **options: Any,
+    ) -> AvatarIM:
+        """A client for a started avatar instance (see :mod:`avatar_im.aliyun`).
+
+        Takes the IM token, app, tenant and session id from *instance*.  With
+        *openapi* (an :class:`~avatar_im.aliyun.AvatarOpenAPI`), the token is
+        renewed through ``QueryRunningInstance`` when it expires; an instance
+        that is no longer running ends the client with the provider's error.
+        Other keyword arguments go to :class:`AvatarIM`.
+        """
+        session_id = instance.session_id
+        if openapi is not None and "token_provider" not in options:
+            source = openapi
+
+            def renew_token() -> str:
+                running = source.query_running_instance(session_id)
+                if running is None:
+                    raise ClientClosedError(f"avatar instance {session_id} is no longer running")
+                return running.token
+
+            options["token_provider"] = renew_token
+        return cls(
+            token=instance.token,
+            app_id=instance.app_id,
+            tenant_id=str(instance.tenant_id),
+            session_id=session_id,
+            url=url,
+            **options,
+        )
 
     def __init__(
         self,
         *,
-        token: str,
+        token: str | None = None,
         app_id: str,
         tenant_id: str,
         session_id: str,
@@ -175,8 +239,14 @@ class AvatarIM:
         ca_file: str | os.PathLike[str] | None = None,
         verify_tls: bool = True,
         proxy: str | None = None,
+        token_provider: Callable[[], str] | None = None,
     ) -> None:
-        for name, value in (("token", token), ("app_id", app_id), ("tenant_id", tenant_id)):
+        _require_callable("token_provider", token_provider)
+        if token is None and token_provider is None:
+            raise InvalidArgumentError("pass token=..., or token_provider=... to fetch one")
+        if token is not None:
+            _require_str("token", token)
+        for name, value in (("app_id", app_id), ("tenant_id", tenant_id)):
             _require_str(name, value)
         _require_str("session_id", session_id)
         _require_str("url", url)
@@ -226,7 +296,19 @@ class AvatarIM:
         self.app_id = app_id
         self.tenant_id = tenant_id
         self.session_id = session_id
-        self._url = build_url(url, token=token, app_id=app_id, tenant_id=tenant_id)
+        self._url = build_url(url, token=token or "", app_id=app_id, tenant_id=tenant_id)
+        renew: Callable[[], str] | None = None
+        if token_provider is not None:
+            provider = token_provider
+            base = url
+
+            def renew() -> str:
+                fresh = provider()
+                if not isinstance(fresh, str) or not fresh:
+                    raise InvalidArgumentTypeError("token_provider must return a non-empty str")
+                self._url = build_url(base, token=fresh, app_id=app_id, tenant_id=tenant_id)
+                return self._url
+
         self.on_message = on_message
         self.on_event = on_event
         self.on_ack_error = on_ack_error
@@ -258,6 +340,8 @@ class AvatarIM:
             on_events=self._handle_events,
             on_state=self._handle_state,
             transport_options=transport_options,
+            renew_url=renew,
+            renew_first=token is None,
         )
         # Runs the application's callbacks on a thread of its own (see .dispatch).
         self._dispatcher = Dispatcher(capacity=max(receive_buffer, 1024))

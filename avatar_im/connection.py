@@ -110,6 +110,9 @@ HIGH_WATER = 65536
 _BATCH = 65536
 # How long a reader whose generation ended waits for the server's answer to our close.
 _CLOSE_WAIT = 0.3
+# Handshakes refused for the credentials in a row after which even a token provider's
+# fresh token is not tried again: the credentials are wrong, not expired.
+_MAX_REFUSALS = 3
 
 
 class ConnectionState(enum.Enum):
@@ -144,9 +147,16 @@ class Connection:
         on_events: Callable[[list[Event]], None],
         on_state: Callable[[ConnectionState], None],
         transport_options: dict[str, Any] | None = None,
+        renew_url: Callable[[], str] | None = None,
+        renew_first: bool = False,
     ) -> None:
         self.protocol = protocol
         self._url = url
+        # Asked for a fresh URL (a new token) before every connect but the first; see
+        # _next_url().  It runs on the reader thread: it may block (an HTTP call), and
+        # close() does not wait for it beyond its own timeout.
+        self._renew_url = renew_url
+        self._url_is_fresh = not renew_first
         self._policy = policy
         self._connect_timeout = connect_timeout
         # on_events runs on the reader, on_state on the thread that changed the state (after
@@ -457,9 +467,26 @@ class Connection:
 
     # ------------------------------------------------------------ the reader
 
+    def _next_url(self) -> str:
+        """The URL for the next connect: with a token provider, a fresh one each time.
+
+        Raises :class:`ConnectionFailedError` when the provider fails.
+        """
+        if self._renew_url is not None and not self._url_is_fresh:
+            try:
+                url = self._renew_url()
+            except Exception as exc:
+                raise ConnectionFailedError(
+                    f"the token provider failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._url = url
+        self._url_is_fresh = False
+        return self._url
+
     def _run(self, generation: int, wakeup: threading.Event) -> None:
         """The reader thread of *generation*: connect, read, reconnect, until it ends."""
         attempt = 0
+        refusals = 0  # handshakes refused for the credentials in a row (with a provider)
         transport: Transport | None = None
         try:
             while True:
@@ -473,7 +500,7 @@ class Connection:
                     self._transport = transport
                 try:
                     transport.open(
-                        self._url,
+                        self._next_url(),
                         timeout=self._connect_timeout,
                         proxy=self._transport_options.get("proxy"),
                     )
@@ -483,7 +510,14 @@ class Connection:
                         if generation != self.generation:
                             return
                         self._transport = None
-                    if _is_final(exc):
+                    refusals = refusals + 1 if isinstance(exc, AuthenticationError) else 0
+                    # With a token provider a refused token is renewed, a few times.
+                    renewable = (
+                        self._renew_url is not None
+                        and isinstance(exc, AuthenticationError)
+                        and refusals < _MAX_REFUSALS
+                    )
+                    if _is_final(exc) and not renewable:
                         self._fail(generation, exc)
                         return
                     logger.info("connect to %s failed: %s", redact_url(self._url), exc)
@@ -523,7 +557,14 @@ class Connection:
                     return
                 transport.close()
                 if isinstance(ended, ServerDisconnect):
-                    if ended.final:
+                    if ended.reason == "CONNECTION_TIMEOUT" and self._renew_url is not None:
+                        # The session timed out with its token: a fresh token, a new start,
+                        # then everything unacknowledged again.
+                        logger.info("session timed out: renewing the token and restarting it")
+                        with self._lock:
+                            self.protocol.session_expired()
+                            self._sync_ready()
+                    elif ended.final:
                         self._fail(
                             generation,
                             ServerClosedError(

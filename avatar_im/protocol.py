@@ -322,6 +322,16 @@ class ClientProtocol:
             # The start was acked but its startResult was lost with the connection.
             self._restart_session(())
 
+    def session_expired(self) -> None:
+        """The server ended the session with the connection (``CONNECTION_TIMEOUT``).
+
+        A session that was started goes again: a new ``start`` first, then
+        every unacknowledged message in its order, once a connection is made.
+        """
+        state = self.session_state
+        if self._start_content is not None and state in (SessionState.READY, SessionState.STARTING):
+            self._restart_session(())
+
     def close(self) -> None:
         """The client is closed; later commands raise.
 

@@ -435,3 +435,109 @@ def test_receive_match_lets_threads_wait_for_their_own_reply(ready_client: Avata
     assert ready_client.receive(TIMEOUT)["content"]["replyTo"] == ids[0]  # left for others
     with pytest.raises(InvalidArgumentTypeError):
         ready_client.receive(0.01, match="replyTo")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- token renewal
+
+
+def test_token_provider_renews_a_refused_token() -> None:
+    """A refused first token: the provider is asked again and its token opens the session."""
+    from avatar_im.server import Credentials
+
+    tokens = iter(["stale", "right", "right"])
+    asked: list[str] = []
+
+    def provider() -> str:
+        asked.append(token := next(tokens, "right"))
+        return token
+
+    with ReferenceServer(credentials=Credentials(token="right", app_id="a", tenant_id="b")) as srv:
+        client = AvatarIM(
+            app_id="a",
+            tenant_id="b",
+            session_id="s",
+            url=srv.url,
+            token_provider=provider,
+            reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+        )
+        try:
+            client.start_session()
+            client.wait_session_ready(TIMEOUT)
+            assert asked[:2] == ["stale", "right"]
+        finally:
+            client.close()
+
+
+def test_token_provider_gives_up_on_credentials_that_stay_wrong() -> None:
+    """A provider whose tokens are refused three times in a row: AuthenticationError, no loop."""
+    from avatar_im import AuthenticationError
+    from avatar_im.server import Credentials
+
+    calls: list[int] = []
+
+    def provider() -> str:
+        calls.append(1)
+        return "wrong"
+
+    with ReferenceServer(credentials=Credentials(token="right", app_id="a", tenant_id="b")) as srv:
+        client = AvatarIM(
+            app_id="a",
+            tenant_id="b",
+            session_id="s",
+            url=srv.url,
+            token_provider=provider,
+            reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+        )
+        try:
+            with pytest.raises(AuthenticationError):
+                client.wait_connected(TIMEOUT)
+            assert len(calls) == 3
+        finally:
+            client.close()
+
+
+def test_without_a_provider_connection_timeout_closes_for_good(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """No provider: CONNECTION_TIMEOUT ends the client with ServerClosedError, as before."""
+    from avatar_im import ServerClosedError
+
+    client = make_client()
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    server.disconnect("CONNECTION_TIMEOUT")
+    client._connection.wait_for(lambda p: False, TIMEOUT)  # returns once closed
+    assert client.closed
+    with pytest.raises(ServerClosedError):
+        client.send_text("after")
+
+
+def test_connection_timeout_with_a_provider_renews_and_resends_exactly_once(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """2,000 texts with a CONNECTION_TIMEOUT in the middle: a new token, a new start, every
+    text exactly once and in order."""
+    renewals: list[int] = []
+
+    def provider() -> str:
+        renewals.append(1)
+        return f"tok{len(renewals)}"
+
+    client = make_client(
+        token_provider=provider,
+        send_timeout=TIMEOUT,
+        reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+    )
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    sent = []
+    for n in range(2000):
+        sent.append(f"t{n}")
+        client.send_text(sent[-1])
+        if n == 700:
+            server.disconnect("CONNECTION_TIMEOUT")
+    client.flush(4 * TIMEOUT)
+    assert renewals, "the provider was never asked"
+    assert server.session("s0").texts == sent
+    assert client.stats.session_restarts >= 1
+    assert client.state is ConnectionState.OPEN
