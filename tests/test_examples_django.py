@@ -10,7 +10,6 @@ from typing import Any
 
 import django
 import pytest
-from conftest import TIMEOUT
 
 from avatar_im.server import ReferenceServer
 
@@ -30,12 +29,12 @@ def views(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def shared(
     server: ReferenceServer, views: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    """The views' process-wide client, pointed at the test's reference server."""
-    shared_module = importlib.import_module("examples.shared_client")
-    client = shared_module.SharedClient(url=server.url, session_id="django-1")
-    monkeypatch.setattr(views, "shared", client)
-    yield client
-    client.close()
+    """The views' avatars, pointed at the test's reference server."""
+    visitors = importlib.import_module("examples.visitors")
+    avatars = visitors.VisitorAvatars(url=server.url)
+    monkeypatch.setattr(views, "avatars", avatars)
+    yield avatars
+    avatars.close()
 
 
 def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, shared: Any) -> None:
@@ -47,13 +46,12 @@ def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, shared: A
     body = response.json()
     assert body["reply"] == "You said: bonjour"
     assert body["content"]["type"] == "textReply"
-    snapshot = server.session("django-1")
-    assert snapshot is not None
-    assert snapshot.texts == ["bonjour"]
+    (session_id,) = server.session_ids()
+    assert server.session(session_id).texts == ["bonjour"]
 
 
-def test_requests_share_one_connection(server: ReferenceServer, shared: Any) -> None:
-    """Several requests reuse the one client made on the first request."""
+def test_a_visitor_keeps_one_connection(server: ReferenceServer, shared: Any) -> None:
+    """A visitor's requests reuse the avatar made on its first message."""
     from django.test import Client
 
     client = Client()
@@ -62,7 +60,23 @@ def test_requests_share_one_connection(server: ReferenceServer, shared: Any) -> 
         response = client.post("/api/say", {"text": f"n{n}"}, content_type="application/json")
         assert response.json()["reply"] == f"You said: n{n}"
     assert server.stats.connections_total == 1
-    assert shared.client().session_ready.wait(TIMEOUT)
+    assert len(shared.registry) == 1
+
+
+def test_two_browser_sessions_get_two_avatars(server: ReferenceServer, shared: Any) -> None:
+    """Two visitors (two cookie jars): two avatars, each with its own replies."""
+    from django.test import Client
+
+    alice, bob = Client(), Client()
+    for n in range(3):
+        for who, client in (("a", alice), ("b", bob)):
+            response = client.post(
+                "/api/say", {"text": f"{who}{n}"}, content_type="application/json"
+            )
+            assert response.json()["reply"] == f"You said: {who}{n}"
+    assert server.stats.connections_total == 2
+    texts = sorted(server.session(sid).texts for sid in server.session_ids())
+    assert texts == [["a0", "a1", "a2"], ["b0", "b1", "b2"]]
 
 
 @pytest.mark.parametrize(

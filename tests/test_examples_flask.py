@@ -35,47 +35,53 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def examples(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType]:
-    """The examples.flask_app.app and examples.shared_client modules."""
+    """The examples.flask_app.app and examples.visitors modules."""
     monkeypatch.syspath_prepend(str(ROOT))
     return (
         importlib.import_module("examples.flask_app.app"),
-        importlib.import_module("examples.shared_client"),
+        importlib.import_module("examples.visitors"),
     )
 
 
 @pytest.fixture
 def make_app(examples: tuple[ModuleType, ModuleType]) -> Iterator[Any]:
-    """A factory of Flask apps sharing one client to the given URL; all clients closed after."""
-    app_module, shared_module = examples
+    """A factory of Flask apps with avatars on the given URL; every avatar closed after."""
+    app_module, visitors_module = examples
     made: list[Any] = []
 
     def factory(url: str, **kwargs: Any) -> Flask:
-        shared = shared_module.SharedClient(url=url, **kwargs)
-        made.append(shared)
-        app: Flask = app_module.create_app(shared)
+        avatars = visitors_module.VisitorAvatars(url=url, **kwargs)
+        made.append(avatars)
+        app: Flask = app_module.create_app(avatars)
         app.testing = True
         return app
 
     yield factory
-    for shared in made:
-        shared.close()
+    for avatars in made:
+        avatars.close()
+
+
+def only_session(server: ReferenceServer) -> Any:
+    """The one session the server knows."""
+    (session_id,) = server.session_ids()
+    return server.session(session_id)
 
 
 def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, make_app: Any) -> None:
     """POST /api/say answers the avatar's reply to the posted text as JSON."""
-    client = make_app(server.url, session_id="flask-1").test_client()
+    client = make_app(server.url).test_client()
     response = client.post("/api/say", json={"text": "  hello avatar  "})
     assert response.status_code == 200
     body = response.get_json()
     assert body["reply"] == "You said: hello avatar"
     assert body["content"]["type"] == "textReply"
-    snapshot = server.session("flask-1")
-    assert snapshot is not None
-    assert snapshot.texts == ["hello avatar"]
+    assert only_session(server).texts == ["hello avatar"]
 
 
-def test_views_share_one_client_made_on_first_use(server: ReferenceServer, make_app: Any) -> None:
-    """No connection before the first request; then every request uses the same one."""
+def test_a_visitor_keeps_one_avatar_made_on_first_use(
+    server: ReferenceServer, make_app: Any
+) -> None:
+    """No connection before the first message; then the visitor's requests share one."""
     client = make_app(server.url).test_client()
     assert client.get("/").status_code == 200
     assert server.stats.connections_total == 0
@@ -84,6 +90,20 @@ def test_views_share_one_client_made_on_first_use(server: ReferenceServer, make_
             client.post("/api/say", json={"text": f"n{n}"}).get_json()["reply"] == f"You said: n{n}"
         )
     assert server.stats.connections_total == 1
+
+
+def test_two_browser_sessions_get_two_avatars(server: ReferenceServer, make_app: Any) -> None:
+    """Two visitors (two cookie jars): two avatars, two sessions, each its own replies."""
+    app = make_app(server.url)
+    alice, bob = app.test_client(), app.test_client()
+    for n in range(3):
+        assert (
+            alice.post("/api/say", json={"text": f"a{n}"}).get_json()["reply"] == f"You said: a{n}"
+        )
+        assert bob.post("/api/say", json={"text": f"b{n}"}).get_json()["reply"] == f"You said: b{n}"
+    assert server.stats.connections_total == 2
+    texts = sorted(server.session(sid).texts for sid in server.session_ids())
+    assert texts == [["a0", "a1", "a2"], ["b0", "b1", "b2"]]
 
 
 def test_concurrent_requests_each_get_their_own_reply(
@@ -149,7 +169,7 @@ def test_page_in_chromium_shows_the_reply(server: ReferenceServer, make_app: Any
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
-    app = make_app(server.url, session_id="browser-1")
+    app = make_app(server.url)
     http_server = make_server("127.0.0.1", 0, app, threaded=True)
     serving = threading.Thread(target=http_server.serve_forever, name="flask-http")
     serving.start()
@@ -171,6 +191,4 @@ def test_page_in_chromium_shows_the_reply(server: ReferenceServer, make_app: Any
     finally:
         http_server.shutdown()
         serving.join(TIMEOUT)
-    snapshot = server.session("browser-1")
-    assert snapshot is not None
-    assert snapshot.texts == ["Good morning!"]
+    assert only_session(server).texts == ["Good morning!"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import http.cookiejar
 import json
 import os
 import select
@@ -29,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: How many requests each run sends, and from how many threads at once (as many as the
 #: 4 workers x 4 threads serve at once).
 REQUESTS = 200
-CONCURRENCY = 16
+#: Browser sessions (cookie jars), each sending its share of the requests in turn.
+VISITORS = 20
 #: Bounds one request: above the example's REPLY_TIMEOUT (10 s), so a lost reply shows as 504.
 REQUEST_TIMEOUT = 15.0
 WORKERS = 4
@@ -57,8 +59,8 @@ def wait_workers_up(ready_fd: int, count: int, timeout: float) -> None:
         seen += chunk
 
 
-def post_say(port: int, text: str) -> tuple[int, Any]:
-    """POST {"text": text} to /api/say; return the status and the decoded JSON body."""
+def post_say(port: int, text: str, opener: urllib.request.OpenerDirector) -> tuple[int, Any]:
+    """POST {"text": text} to /api/say with *opener*'s cookies; return status and JSON body."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/say",
         data=json.dumps({"text": text}).encode(),
@@ -66,7 +68,7 @@ def post_say(port: int, text: str) -> tuple[int, Any]:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+        with opener.open(request, timeout=REQUEST_TIMEOUT) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         with exc:
@@ -131,6 +133,7 @@ def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: P
         stack.callback(os.close, ready_read)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_IM_")}
         env["AVATAR_IM_URL"] = server.url
+        env["FLASK_SECRET_KEY"] = "gunicorn-test-key"  # one key, so every worker reads the cookie
         env["AVATAR_IM_TEST_READY_FD"] = str(ready_write)
         try:
             process = subprocess.Popen(
@@ -147,9 +150,17 @@ def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: P
         with contextlib.ExitStack() as running:
             running.callback(stop_gunicorn, process)
             wait_workers_up(ready_read, WORKERS, TIMEOUT * 2)
-            with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
-                port = listener.getsockname()[1]
-                results = list(pool.map(lambda text: post_say(port, text), texts))
+            port = listener.getsockname()[1]
+
+            def visit(visitor: int) -> list[tuple[int, Any]]:
+                # One browser: its cookie jar, its requests one after another.
+                jar = http.cookiejar.CookieJar()
+                opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+                return [post_say(port, text, opener) for text in texts[visitor::VISITORS]]
+
+            with concurrent.futures.ThreadPoolExecutor(VISITORS) as pool:
+                by_visitor = list(pool.map(visit, range(VISITORS)))
+            results = [by_visitor[n % VISITORS][n // VISITORS] for n in range(REQUESTS)]
         output = log_path.read_text(errors="replace")
         failures = [
             (text, status, body)
@@ -166,5 +177,8 @@ def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: P
             assert snapshot is not None
             texts_received += snapshot.texts
         assert sorted(texts_received) == sorted(texts)
-        # Each worker served requests, over its own connection.
-        assert server.stats.connections_total == WORKERS
+        # A visitor has one avatar in each worker that served it, never a shared session.
+        assert server.stats.connections_total <= VISITORS * WORKERS
+        for session_id in server.session_ids():
+            visitors = {int(t.split()[1]) % VISITORS for t in server.session(session_id).texts}
+            assert len(visitors) <= 1, f"session {session_id} served several visitors"

@@ -1,8 +1,7 @@
-"""Minimal settings: no database, no apps, one URL module.
+"""Minimal settings: no database, no apps, one URL module, sessions in signed cookies.
 
-``AVATAR_IM_*`` environment variables configure the avatar client (see
-``examples/shared_client.py``); with no ``AVATAR_IM_URL`` an embedded reference
-server is used.
+The environment configures the avatars (see ``examples/visitors.py``); with no
+``AVATAR_IM_URL`` an embedded reference server is used.
 """
 
 from __future__ import annotations
@@ -18,9 +17,13 @@ ROOT_URLCONF = "examples.django_app.urls"
 INSTALLED_APPS: list[str] = []
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
 DATABASES: dict[str, dict[str, str]] = {}
+# The visitor id lives in a signed cookie: no database needed.
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_COOKIE_HTTPONLY = True
 USE_TZ = True
 TIME_ZONE = "UTC"

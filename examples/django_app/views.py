@@ -1,7 +1,7 @@
 """The Django view: send the person's text to the avatar and answer its reply as JSON.
 
-Every request shares one client per process (:class:`~examples.shared_client.SharedClient`),
-made on the first request and closed at exit.
+Each browser session gets an avatar of its own (:class:`~examples.visitors.VisitorAvatars`),
+keyed by a visitor id kept in Django's (signed-cookie) session.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import uuid
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -16,9 +17,9 @@ from django.views.decorators.http import require_POST
 
 from avatar_im import AvatarIMError, InvalidArgumentError
 
-from ..shared_client import ReplyTimeout, SharedClient
+from ..visitors import ReplyTimeout, VisitorAvatars
 
-__all__ = ["REPLY_TIMEOUT", "say", "shared"]
+__all__ = ["REPLY_TIMEOUT", "avatars", "say"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ REPLY_TIMEOUT = 10.0
 #: The longest text a person may send.
 MAX_TEXT = 2000
 
-#: The process-wide client (lazy: it connects on the first request).
-shared = SharedClient.from_env(output_mode="audio")
-atexit.register(shared.close)
+#: The visitors' avatars (each made on its visitor's first message).
+avatars = VisitorAvatars.from_env(output_mode="audio")
+atexit.register(avatars.close)
 
 
 # A JSON-only API: the Content-Type check below makes a cross-site form post impossible
@@ -50,7 +51,8 @@ def say(request: HttpRequest) -> HttpResponse:
     if len(text) > MAX_TEXT:
         return JsonResponse({"error": f"text is longer than {MAX_TEXT} characters"}, status=400)
     try:
-        content = shared.ask(text.strip(), timeout=REPLY_TIMEOUT)
+        visitor = request.session.setdefault("visitor", uuid.uuid4().hex)
+        content = avatars.ask(visitor, text.strip(), timeout=REPLY_TIMEOUT)
     except InvalidArgumentError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     except ReplyTimeout:

@@ -8,21 +8,26 @@ Run it from the repository root (``pip install -e '.[server,examples]'`` first):
 then open http://127.0.0.1:5000/ or ``curl -X POST -H 'Content-Type: application/json'
 -d '{"text": "hello"}' http://127.0.0.1:5000/api/say``.
 
-Every view shares one client per process (:class:`~examples.shared_client.SharedClient`),
-made on the first request and closed at exit.
+Each browser session gets an avatar of its own (:class:`~examples.visitors.VisitorAvatars`):
+made on its first message, closed after ten idle minutes, when 100 visitors are
+connected (the one idle longest first), and at exit.  The visitor id travels in
+Flask's signed session cookie; set ``FLASK_SECRET_KEY`` in production.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
+import secrets
+import uuid
 from typing import Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, render_template, request, session
 from flask.typing import ResponseReturnValue
 
 from avatar_im import AvatarIMError, InvalidArgumentError
 
-from ..shared_client import ReplyTimeout, SharedClient
+from ..visitors import ReplyTimeout, VisitorAvatars
 
 __all__ = ["REPLY_TIMEOUT", "create_app"]
 
@@ -32,13 +37,16 @@ REPLY_TIMEOUT = 10.0
 MAX_TEXT = 2000
 
 
-def create_app(shared: SharedClient | None = None) -> Flask:
-    """The app; *shared* defaults to one configured from ``AVATAR_IM_*``, closed at exit."""
+def create_app(avatars: VisitorAvatars | None = None) -> Flask:
+    """The app; *avatars* defaults to one configured from the environment, closed at exit."""
     app = Flask(__name__)
-    if shared is None:
-        shared = SharedClient.from_env(output_mode="audio")
-        atexit.register(shared.close)
-    avatar = shared
+    # A random key per process logs visitors out at restart, and differs between workers:
+    # set FLASK_SECRET_KEY for a server with several workers.
+    app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
+    if avatars is None:
+        avatars = VisitorAvatars.from_env(output_mode="audio")
+        atexit.register(avatars.close)
+    avatar = avatars
     app.extensions["avatar_im"] = avatar
 
     @app.get("/")
@@ -55,7 +63,8 @@ def create_app(shared: SharedClient | None = None) -> Flask:
         if len(text) > MAX_TEXT:
             return jsonify(error=f"text is longer than {MAX_TEXT} characters"), 400
         try:
-            content = avatar.ask(text.strip(), timeout=REPLY_TIMEOUT)
+            visitor = session.setdefault("visitor", uuid.uuid4().hex)
+            content = avatar.ask(visitor, text.strip(), timeout=REPLY_TIMEOUT)
         except InvalidArgumentError as exc:
             return jsonify(error=str(exc)), 400
         except ReplyTimeout:
