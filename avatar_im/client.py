@@ -2,9 +2,9 @@
 
 A synchronous facade over :class:`~avatar_im.connection.Connection` and
 :class:`~avatar_im.protocol.ClientProtocol`: it validates arguments at the
-call site, returns message ids, waits with timeouts, calls the application's
-callbacks (on the reader thread, never under a lock) and feeds the blocking
-pull API.
+call site, returns message ids, waits with timeouts, queues the application's
+callbacks for the callback thread (see :mod:`.dispatch`; never the reader, never
+under a lock) and feeds the blocking pull API.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .exceptions import (
     AvatarIMError,
     ClientClosedError,
     ConnectTimeout,
+    ForkedClientError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MessageDiscardedError,
@@ -73,6 +74,9 @@ __all__ = ["AvatarIM", "ClientStats"]
 logger = logging.getLogger(__name__)
 
 T_id = TypeVar("T_id")
+
+#: The shortest heartbeat interval accepted (seconds): below it the pings alone busy the CPU.
+MIN_HEARTBEAT = 0.01
 
 MessageCallback = Callable[[dict[str, Any]], object]
 AckErrorCallback = Callable[[AckError], object]
@@ -258,8 +262,10 @@ class AvatarIM:
         ):
             _require_callable(name, cb)
         heartbeat_interval = _require_timeout("heartbeat_interval", heartbeat_interval)
-        if heartbeat_interval == 0:
-            raise InvalidArgumentError("heartbeat_interval must be > 0, or None to turn it off")
+        if heartbeat_interval is not None and heartbeat_interval < MIN_HEARTBEAT:
+            raise InvalidArgumentError(
+                f"heartbeat_interval must be at least {MIN_HEARTBEAT}s, or None to turn it off"
+            )
         connect_timeout_s = _require_timeout("connect_timeout", connect_timeout)
         if not connect_timeout_s:
             raise InvalidArgumentError("connect_timeout must be > 0")
@@ -410,6 +416,8 @@ class AvatarIM:
     def _after_fork_in_child(self) -> None:
         """In a forked child: fresh locks, no threads; the connection refuses use (see .forks)."""
         self._inbox_lock = threading.Condition()
+        self._messages.clear()  # the parent's to process, not ours
+        self._events.clear()
         self._audio_lock = threading.Lock()
         self._audio_streams = set()
         self._dispatcher.after_fork_in_child()
@@ -810,6 +818,8 @@ class AvatarIM:
             )
         if outcome is Outcome.DISCARDED:
             failure = connection.failure
+            if isinstance(failure, ForkedClientError):
+                raise failure
             raise MessageDiscardedError(
                 f"{message_id} was discarded unacknowledged when the client closed"
                 + (f": {failure}" if failure is not None else ""),
@@ -824,11 +834,28 @@ class AvatarIM:
         raise AckTimeout(f"no ack for {message_id} within {timeout}s")
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every message sent so far is acknowledged (or refused)."""
+        """Wait until every message sent so far is acknowledged (or refused).
+
+        Raises :class:`AckTimeout` after *timeout* seconds, and the reason the
+        client closed (:class:`ClientClosedError`, or the connection's error)
+        when it is closed, or closes during the wait, with messages discarded.
+        """
         timeout = _require_timeout("timeout", timeout)
         self._not_on_reader("flush")
         connection = self._connection
-        if connection.wait_for(lambda p: p.outbox_size == 0, timeout):
+        self._raise_if_closed()
+        discarded = connection.locked(lambda p: p.counters.discarded)
+        done = connection.wait_for(lambda p: p.outbox_size == 0, timeout)
+        with connection.lock:
+            lost = connection.protocol.counters.discarded - discarded
+        if lost:
+            failure = connection.failure
+            raise MessageDiscardedError(
+                f"{lost} message(s) were discarded unacknowledged when the client closed"
+                + (f": {failure}" if failure is not None else ""),
+                message_id="",
+            ) from failure
+        if done:
             return
         self._raise_if_closed()
         left = connection.locked(lambda p: p.outbox_size)

@@ -189,6 +189,10 @@ class Connection:
         self._transport: Transport | None = None
         # Set to end the current generation's backoff wait; a new one per generation.
         self._wakeup = threading.Event()
+        # Batches of entries that wait only for their write (no ack): where each batch
+        # ends in the transport's byte count, and how many entries it holds.  They leave
+        # the outbox once the socket took those bytes (see _settle()).
+        self._unsent: collections.deque[tuple[int, int]] = collections.deque()
         # Reader threads started and perhaps not yet ended, of this generation and earlier
         # ones; close() joins them.
         self._readers: list[threading.Thread] = []
@@ -405,27 +409,27 @@ class Connection:
             if not self._send_lock.acquire(blocking=False):
                 return  # the holder will write our frames too
             try:
-                written = False
                 while True:
                     with self._lock:
-                        # The last batch went out: entries that wait for no ack are delivered.
-                        if written and protocol.write_done():
-                            self._changed.notify_all()
-                            self._room.notify_all()
-                        written = False
                         transport = self._transport
                         if transport is None or transport.buffered >= HIGH_WATER:
                             break
+                        waiting = protocol.awaiting_write
                         frames = protocol.data_to_send(_BATCH)
+                        added = protocol.awaiting_write - waiting
                     if not frames:
                         break
                     try:
-                        transport.write(frames)
+                        end = transport.write(frames)
                     except TransportClosed as exc:
                         logger.debug("write failed: %s", exc)
                         self._lost(transport)
                         break
-                    written = True
+                    if added:
+                        with self._lock:
+                            if self._transport is transport:
+                                self._unsent.append((end, added))
+                                self._settle(transport)
             finally:
                 self._send_lock.release()
             # Frames queued while we released the lock would be stranded: look again.
@@ -456,10 +460,23 @@ class Connection:
             else:
                 self._room.notify(outbox_before - size)
 
+    def _settle(self, transport: Transport) -> None:
+        """Entries that wait only for their write leave once their bytes left; needs the lock."""
+        assert self._lock.locked()
+        unsent = self._unsent
+        sent = transport.sent_total
+        done = 0
+        while unsent and unsent[0][0] <= sent:
+            done += unsent.popleft()[1]
+        if done and self.protocol.write_done(done):
+            self._changed.notify_all()
+            self._room.notify_all()
+
     def _lost(self, transport: Transport) -> None:
         """Mark *transport*'s connection as lost (if it is still the current one)."""
         with self._lock:
             if self._transport is transport:
+                self._unsent.clear()
                 self.protocol.connection_lost()
                 self._sync_ready()
                 self._changed.notify_all()
@@ -530,6 +547,7 @@ class Connection:
                     if generation != self.generation:  # close() came during the handshake
                         return
                     protocol = self.protocol
+                    self._unsent.clear()
                     protocol.connection_made(time.monotonic())
                     counters = protocol.counters
                     traffic = counters.acks_received + counters.messages_received
@@ -543,6 +561,7 @@ class Connection:
                 with self._lock:
                     current = generation == self.generation
                     if current and self._transport is transport:
+                        self._unsent.clear()
                         self.protocol.connection_lost()
                         self._transport = None
                         self._sync_ready()
@@ -655,6 +674,8 @@ class Connection:
             with lock:
                 if generation != self.generation:
                     return None
+                if self._unsent:
+                    self._settle(transport)  # the read may have sent buffered bytes
                 before = protocol.outbox_size
                 now = monotonic()
                 for item in items:

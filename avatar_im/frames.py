@@ -188,7 +188,9 @@ class FrameReader:
         self._skip = 0  # payload bytes of an oversized frame still to throw away
         # The data message being reassembled from fragments: its opcode and parts.
         self._opcode: int | None = None
-        self._parts: list[bytes] = []
+        # One buffer, not a list of fragments: memory follows the payload, however many
+        # (even empty) fragments a peer cuts a message into.
+        self._parts = bytearray()
         self._held = 0
         self._dropping = False  # the message in progress went over the limit
 
@@ -288,7 +290,7 @@ class FrameReader:
         if opcode != OP_CONT:
             self._opcode = opcode
         self._held += length
-        self._parts = []
+        self._parts = bytearray()
         self._dropping = True
         if fin:
             out.append(Oversized(self._held))
@@ -303,15 +305,15 @@ class FrameReader:
             out.append(Message(self._opcode or opcode, payload))
             self._reset()
             return
-        self._parts.append(payload)
+        self._parts += payload
         self._held += len(payload)
         if fin:
             assert self._opcode is not None
-            out.append(Message(self._opcode, b"".join(self._parts)))
+            out.append(Message(self._opcode, bytes(self._parts)))
             self._reset()
 
     def _reset(self) -> None:
         self._opcode = None
-        self._parts = []
+        self._parts = bytearray()
         self._held = 0
         self._dropping = False

@@ -224,6 +224,7 @@ class Counters:
     messages_received: int = 0
     messages_sent: int = 0
     messages_resent: int = 0
+    discarded: int = 0  # tracked messages dropped unacknowledged by close()
     rate_limited: int = 0
     acks_received: int = 0
     pings_sent: int = 0
@@ -281,8 +282,8 @@ class ClientProtocol:
         self._to_write: collections.deque[str] = collections.deque()
         self._raw_seq = 0
         self._events: list[Event] = []
-        # Keys handed out by data_to_send() that leave the outbox once written.
-        self._in_write: list[str] = []
+        # Keys handed out by data_to_send() that leave the outbox once written, in order.
+        self._in_write: collections.deque[str] = collections.deque()
         # What became of the last ids that left the outbox, for wait_ack() (bounded):
         # _DELIVERED, _DISCARDED, or the error the server refused it with.
         self._outcomes: collections.OrderedDict[str, object] = collections.OrderedDict()
@@ -346,6 +347,7 @@ class ClientProtocol:
         for key, entry in self._outbox.items():
             if entry.tracked:
                 self._record(key, _DISCARDED)
+                self.counters.discarded += 1
         self._outbox.clear()
         self._to_write.clear()
         self._in_write.clear()
@@ -555,20 +557,27 @@ class ClientProtocol:
                     break
         return frames
 
-    def write_done(self) -> bool:
-        """The frames from the last :meth:`data_to_send` are written.
+    @property
+    def awaiting_write(self) -> int:
+        """How many handed-out entries wait only for their write (see :meth:`write_done`)."""
+        return len(self._in_write)
+
+    def write_done(self, count: int | None = None) -> bool:
+        """The first *count* (default: all) entries that wait only for their write are written.
 
         Entries that wait for no ack (raw frames, and everything when
-        ``require_acks`` is off) leave the outbox now.  Returns True if any did.
+        ``require_acks`` is off) leave the outbox once the socket took their
+        bytes: the caller counts them (:attr:`awaiting_write` after each
+        :meth:`data_to_send`) and reports them here.  Returns True if any left.
         """
-        if not self._in_write:
-            return False
-        for key in self._in_write:
+        in_write = self._in_write
+        n = len(in_write) if count is None else min(count, len(in_write))
+        for _ in range(n):
+            key = in_write.popleft()
             entry = self._outbox.pop(key, None)
             if entry is not None and entry.tracked:
                 self._record(key, _DELIVERED)
-        self._in_write.clear()
-        return True
+        return n > 0
 
     def events_received(self) -> list[Event]:
         """Hand out the events produced since the last call."""

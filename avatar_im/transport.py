@@ -102,6 +102,8 @@ _RECV_SIZE = 65536
 _SEND_SIZE = 262144
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _REDIRECTS = (301, 302, 303, 307, 308)
+# Unsent bytes above which a ping is not answered (see _control).
+_CONTROL_CAP = 65536
 
 
 class Transport:
@@ -133,6 +135,10 @@ class Transport:
         self._out_size = 0  # bytes buffered, not yet sent
         self._want_write = False  # the reader must watch for writability
         self._close_sent = False
+        # Bytes handed to write() and bytes the socket took, since open(): a frame whose
+        # end is at or below `sent` has left this process.
+        self.queued_total = 0
+        self.sent_total = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -388,11 +394,12 @@ class Transport:
         """Bytes written but not yet taken by the socket."""
         return self._out_size
 
-    def write(self, frames: list[str]) -> None:
+    def write(self, frames: list[str]) -> int:
         """Queue *frames* as masked text frames and send what the socket takes now.
 
-        Never waits.  Raises :class:`TransportClosed` when the connection is gone
-        or closing.
+        Never waits.  Returns the position (in :attr:`queued_total`) where the
+        frames end: they have all left once :attr:`sent_total` reaches it.
+        Raises :class:`TransportClosed` when the connection is gone or closing.
         """
         payloads = [f.encode("utf-8", "surrogatepass") for f in frames]
         data = encode_frames(payloads, os.urandom(4 * len(payloads)))
@@ -400,12 +407,19 @@ class Transport:
             if self._close_sent or self._sock is None:
                 raise TransportClosed("the connection is closing")
             self._buffer(data)
+            return self.queued_total
 
     def _control(self, opcode: int, payload: bytes) -> None:
-        """Answer a ping; dropped once our close went out."""
+        """Answer a ping; dropped once our close went out, or while much is still unsent.
+
+        RFC 6455 (5.5.3) lets an endpoint answer only the latest of several
+        pings; a peer that floods pings and never reads thus cannot make the
+        buffer grow without bound.
+        """
         with self._wlock:
-            if not self._close_sent and self._sock is not None:
-                self._buffer(encode_frames([payload], os.urandom(4), opcode))
+            if self._close_sent or self._sock is None or self._out_size > _CONTROL_CAP:
+                return
+            self._buffer(encode_frames([payload], os.urandom(4), opcode))
 
     def _queue_close(self, payload: bytes) -> None:
         with self._wlock:
@@ -419,6 +433,7 @@ class Transport:
         assert self._wlock.locked()
         self._out.append(data)
         self._out_size += len(data)
+        self.queued_total += len(data)
         self._send_buffered()
         if self._out_size and not self._want_write:
             self._want_write = True
@@ -449,6 +464,7 @@ class Transport:
                     sock.shutdown(socket.SHUT_RDWR)
                 return
             self._out_size -= sent
+            self.sent_total += sent
             offset += sent
             if offset >= len(head):
                 out.popleft()

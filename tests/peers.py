@@ -22,7 +22,8 @@ def silent_websocket_server(*, accept: bool = True) -> Iterator[str]:
             connection.send("1")
         release.wait(30)
 
-    with serve(handler, "127.0.0.1", 0, ping_interval=None) as server:
+    # A short close_timeout: at the end the peer's unread data must not hold the teardown.
+    with serve(handler, "127.0.0.1", 0, ping_interval=None, close_timeout=0.5) as server:
         thread = threading.Thread(target=server.serve_forever, name="silent-server")
         thread.start()
         try:

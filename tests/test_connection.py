@@ -19,6 +19,7 @@ from peers import silent_websocket_server
 
 from avatar_im import (
     AckError,
+    AckTimeout,
     AvatarIM,
     ClientClosedError,
     ConnectionState,
@@ -403,6 +404,8 @@ def test_a_client_made_before_fork_refuses_use_in_the_child(
 ) -> None:
     """In the child: a typed error at once, never a byte on the parent's socket."""
     client = started(make_client())
+    server.faults.ack_delay = 1.0  # an ack the parent still waits for at the fork
+    pending = client.send_text("pending at the fork")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report and leave, whatever happens
@@ -413,6 +416,17 @@ def test_a_client_made_before_fork_refuses_use_in_the_child(
                 client.send_text("from the child")
             except ForkedClientError as exc:
                 report["error"] = str(exc)
+            refused = []
+            for call in (
+                lambda: client.receive(0.1),
+                lambda: client.flush(0.1),
+                lambda: client.wait_ack(pending, 0.1),
+            ):
+                try:
+                    call()
+                except ForkedClientError:
+                    refused.append(True)
+            report["refused"] = len(refused)
             client.close()
             report["threads"] = len(client.threads)
         except BaseException as exc:
@@ -425,18 +439,20 @@ def test_a_client_made_before_fork_refuses_use_in_the_child(
     _, status = os.waitpid(pid, 0)
     assert status == 0
     assert report.get("closed") is True and "make a new client" in str(report.get("error"))
-    assert report.get("threads") == 0
+    assert report.get("threads") == 0 and report.get("refused") == 3, report
     # The parent's connection is untouched by the child's close().
+    server.faults.ack_delay = 0
+    client.wait_ack(pending, 2 * TIMEOUT)
     client.wait_ack(client.send_text("from the parent"), TIMEOUT)
     assert client.state is ConnectionState.OPEN
-    assert server.session("s0").texts == ["from the parent"]
+    assert server.session("s0").texts == ["pending at the fork", "from the parent"]
     assert server.stats.connections_total == 1
 
 
 # ---------------------------------------------------------------- bad input at the call
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, -1.0])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, -1.0, 1e-9])
 def test_heartbeat_interval_must_be_finite(value: float) -> None:
     """A non-finite or huge heartbeat interval raises at the constructor, never in a thread."""
     with pytest.raises(InvalidArgumentError):
@@ -484,6 +500,7 @@ def test_a_redirect_at_the_upgrade_is_refused_not_followed() -> None:
                 conn, _ = listener.accept()
             except OSError:
                 return
+            listener.settimeout(0.5)  # a second attempt (a retry) would come at once
             with conn:
                 requests.append(conn.recv(4096))
                 conn.sendall(
@@ -612,3 +629,82 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
             return False
         event.wait(0.01)
     return True
+
+
+# ---------------------------------------------------------------- flush tells the truth
+
+
+def test_flush_raises_when_close_discards_what_it_waits_for() -> None:
+    """A flush waiting while another thread closes raises; it never reports success."""
+    with silent_websocket_server() as url:
+        client = AvatarIM(token="t", app_id="a", tenant_id="b", session_id="s", url=url)
+        try:
+            client.wait_connected(TIMEOUT)
+            client.send_message({"type": "never acked"})
+            outcome: list[BaseException | None] = []
+
+            def flush() -> None:
+                try:
+                    client.flush(4 * TIMEOUT)
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            flusher = threading.Thread(target=flush)
+            flusher.start()
+            client.close()
+            flusher.join(TIMEOUT)
+            assert len(outcome) == 1 and isinstance(outcome[0], MessageDiscardedError)
+            with pytest.raises(ClientClosedError):
+                client.flush(TIMEOUT)
+        finally:
+            client.close()
+
+
+def test_flush_raises_when_the_server_closes_for_good(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """A final `2` while flush() waits for acks: it raises the server's reason."""
+    from avatar_im import ServerClosedError
+
+    client = started(make_client())
+    server.faults.drop_acks = True
+    client.send_text("unacked")
+    outcome: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            client.flush(4 * TIMEOUT)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    server.disconnect("CONNECTION_KICK_OUT")
+    flusher.join(2 * TIMEOUT)
+    assert len(outcome) == 1 and isinstance(outcome[0], MessageDiscardedError)
+    assert isinstance(outcome[0].__cause__, ServerClosedError)
+
+
+def test_without_acks_a_message_counts_only_once_the_socket_took_it() -> None:
+    """require_acks=False against a peer that stops reading: buffered is not delivered."""
+    with silent_websocket_server() as url:
+        client = AvatarIM(
+            token="t",
+            app_id="a",
+            tenant_id="b",
+            session_id="s",
+            url=url,
+            require_acks=False,
+            heartbeat_interval=None,
+            max_outbox=2000,
+        )
+        try:
+            client.wait_connected(TIMEOUT)
+            ids = [client.send_message({"blob": "x" * 50_000}) for _ in range(400)]
+            with pytest.raises(AckTimeout):
+                client.wait_ack(ids[-1], 0.2)  # 20 MB cannot all be in the socket
+            assert client.stats.outbox > 0
+        finally:
+            client.close()

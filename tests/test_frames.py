@@ -216,3 +216,23 @@ def test_close_payload_never_builds_a_forbidden_code(code: int) -> None:
     with pytest.raises(ValueError):
         close_payload(code)
     assert close_payload(None) == b""
+
+
+def test_many_tiny_fragments_cost_memory_like_their_payload() -> None:
+    """200,000 one-byte fragments are held as one buffer, not 200,000 objects."""
+    import tracemalloc
+
+    first = server_frame(OP_TEXT, b"a", fin=False)
+    middle = server_frame(OP_CONT, b"b", fin=False)
+    data = first + middle * 199_998 + server_frame(OP_CONT, b"c")
+    reader = FrameReader(max_message_size=1 << 20)
+    tracemalloc.start()
+    try:
+        got = []
+        for start in range(0, len(data), 65536):
+            got += reader.feed(data[start : start + 65536])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == [Message(OP_TEXT, b"a" + b"b" * 199_998 + b"c")]
+    assert peak < 2_000_000  # a list of fragments took ~8 MB

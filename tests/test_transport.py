@@ -183,3 +183,24 @@ def test_write_never_blocks_on_a_peer_that_stops_reading(
     assert transport.buffered == 0 and done.is_set()
     messages = FrameReader(client_frames=True).feed(bytes(received))
     assert len(messages) == 200 and all(m.payload == payload.encode() for m in messages)
+
+
+def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(
+    pair: tuple[Transport, socket.socket],
+) -> None:
+    """Pongs are dropped while much is unsent, so the outgoing buffer cannot grow for ever."""
+    transport, peer = pair
+    peer.setblocking(False)
+    ping = frame(OP_PING, b"p" * 125)
+    sent = 0
+    for _ in range(20_000):  # 2.5 MB of pings; the peer reads none of our pongs
+        try:
+            sent += peer.send(ping * 8)
+        except BlockingIOError:
+            transport.read(0)
+            continue
+        transport.read(0)
+    for _ in range(100):
+        transport.read(0)
+    assert sent > 1_000_000
+    assert transport.buffered <= 65536 + 200
