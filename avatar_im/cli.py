@@ -1,6 +1,11 @@
 """The ``avatar-im`` command: ``serve`` a reference server, run a ``demo`` conversation.
 
-The only module of the package that prints.
+``serve --openapi`` runs the fake avatar OpenAPI beside it, and ``instance
+start|query|stop`` calls the OpenAPI (the real one, or that fake) through
+Alibaba Cloud's SDK; both need the ``aliyun`` extra, imported only by them.
+
+The only module of the package that prints.  Exit status: 0 on success, 1
+when a call or a connection fails, 2 for a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -9,13 +14,16 @@ import argparse
 import json
 import logging
 import math
+import secrets
 import ssl
 import struct
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
+
+import attrs
 
 from ._version import __version__
 from .audio import AudioStream
@@ -307,7 +315,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    """Run the reference server in the foreground until Ctrl-C."""
+    """Run the reference server in the foreground until Ctrl-C.
+
+    With --openapi, also run the fake avatar OpenAPI (StartInstance and the
+    rest) on --openapi-port, and print the environment that points
+    `avatar-im instance` (or any program on Alibaba Cloud's SDK) at it; the
+    reference server then accepts only the IM tokens of running instances.
+    """
     try:
         from .server import ReferenceServer
     except ImportError:
@@ -324,11 +338,118 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except OSError as exc:  # ssl.SSLError included
             print(f"avatar-im serve: cannot load the certificate: {exc}", file=sys.stderr)
             return 2
-    server = ReferenceServer(host=args.host, port=args.port, ssl_context=ssl_context)
-    with server:
+    # With the OpenAPI, only the tokens of started instances are accepted, as by the cloud.
+    server = ReferenceServer(
+        host=args.host,
+        port=args.port,
+        ssl_context=ssl_context,
+        credentials=[] if args.openapi else None,
+    )
+    fake = None
+    if args.openapi:
+        from .aliyun import MissingExtraError
+        from .exceptions import InvalidArgumentError
+        from .server.openapi import FakeOpenAPI
+
+        try:
+            fake = FakeOpenAPI(
+                access_key_id=args.access_key_id,
+                access_key_secret=secrets.token_hex(16),
+                tenant_id=args.tenant_id,
+                app_id=args.app_id,
+                im_server=server,
+                host=args.host,
+                port=args.openapi_port,
+            )
+        except (MissingExtraError, InvalidArgumentError) as exc:
+            print(f"avatar-im serve --openapi: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+    with server, ExitStack() as stack:
         print(f"serving {server.url} (Ctrl-C to stop)", flush=True)
+        if fake is not None:
+            stack.enter_context(fake)
+            _print_openapi_env(fake.config(), fake.endpoint)
         with suppress(KeyboardInterrupt):
             server.serve_forever()
+    return 0
+
+
+def _print_openapi_env(config: Any, endpoint: str) -> None:
+    """Print the fake OpenAPI's endpoint and the environment that points clients at it."""
+    from .aliyun import ENV_VARIABLES
+
+    print(f"fake OpenAPI at http://{endpoint}; to use it (a throwaway secret):", flush=True)
+    values = {
+        "access_key_id": config.access_key_id,
+        "access_key_secret": config.access_key_secret,
+        "tenant_id": config.tenant_id,
+        "app_id": config.app_id,
+        "endpoint": endpoint,
+        "protocol": "http",
+    }
+    for field, value in values.items():
+        print(f"  export {ENV_VARIABLES[field]}={value}", flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _cmd_instance(args: argparse.Namespace) -> int:
+    """Start, query or stop an avatar instance through the OpenAPI; print JSON.
+
+    Configured from the environment (ALIBABA_CLOUD_ACCESS_KEY_ID,
+    ALIBABA_CLOUD_ACCESS_KEY_SECRET, optional ALIBABA_CLOUD_SECURITY_TOKEN,
+    AVATAR_IM_TENANT_ID, AVATAR_IM_APP_ID, optional AVATAR_IM_OPENAPI_ENDPOINT
+    and AVATAR_IM_OPENAPI_PROTOCOL); --endpoint and --protocol override.  The
+    IM token is printed only with --show-token.  `query` of an instance that
+    is not running prints {"sessionId": ..., "running": false} and exits 1.
+    """
+    from .aliyun import AliyunConfig, AvatarOpenAPI, MissingExtraError, OpenAPIError
+    from .exceptions import InvalidArgumentError
+
+    try:
+        config = AliyunConfig.from_env()
+        overrides = {
+            name: value
+            for name, value in (("endpoint", args.endpoint), ("protocol", args.protocol))
+            if value is not None
+        }
+        config = attrs.evolve(config, **overrides)
+        api = AvatarOpenAPI(config, timeout=args.timeout)
+    except (InvalidArgumentError, MissingExtraError) as exc:
+        print(f"avatar-im instance: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    try:
+        with api:
+            if args.action == "start":
+                started = api.start_instance(
+                    user_id=args.user_id,
+                    user_name=args.user_name,
+                    channel_type=args.channel_type,
+                    biz_id=args.biz_id,
+                )
+                result: dict[str, Any] = {**started.for_browser(), "running": True}
+                if args.show_token:
+                    result["token"] = started.token
+            elif args.action == "query":
+                found = api.query_running_instance(args.session_id)
+                if found is None:
+                    print(json.dumps({"sessionId": args.session_id, "running": False}))
+                    return 1
+                result = {**found.for_browser(), "running": True}
+                if args.show_token:
+                    result["token"] = found.token
+            else:
+                api.stop_instance(args.session_id)
+                result = {"sessionId": args.session_id, "running": False}
+    except InvalidArgumentError as exc:
+        print(f"avatar-im instance: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OpenAPIError as exc:
+        print(f"avatar-im instance: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -358,7 +479,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     serve.add_argument("--certfile", help="PEM certificate chain: serve wss:// (TLS)")
     serve.add_argument("--keyfile", help="PEM private key (default: in --certfile)")
+    serve.add_argument(
+        "--openapi", action="store_true", help="also run the fake avatar OpenAPI (needs [aliyun])"
+    )
+    serve.add_argument(
+        "--openapi-port", type=int, default=8766, help="the fake OpenAPI's port (default 8766)"
+    )
+    serve.add_argument("--access-key-id", default="dev-access-key", help="the fake's access key")
+    serve.add_argument("--tenant-id", default="10001", help="the fake's tenant id (a number)")
+    serve.add_argument("--app-id", default="dev-app", help="the fake's app id")
     serve.set_defaults(func=_cmd_serve)
+
+    instance = commands.add_parser(
+        "instance",
+        help="start, query or stop an avatar instance (OpenAPI)",
+        description=_cmd_instance.__doc__,
+    )
+    actions = instance.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="start, query or stop"
+    )
+    start = actions.add_parser("start", help="StartInstance: print the new instance")
+    start.add_argument("--user-id", required=True, help="your user's id")
+    start.add_argument("--user-name", help="your user's name")
+    start.add_argument("--channel-type", default="DingRTC", help="video channel (default DingRTC)")
+    start.add_argument("--biz-id", help="your business id")
+    query = actions.add_parser("query", help="QueryRunningInstance: print the instance")
+    query.add_argument("session_id", metavar="SESSION_ID")
+    stop = actions.add_parser("stop", help="StopInstance: release the instance")
+    stop.add_argument("session_id", metavar="SESSION_ID")
+    for action in (start, query, stop):
+        action.add_argument("--endpoint", help="host[:port] of the OpenAPI (default: the SDK's)")
+        action.add_argument("--protocol", choices=["http", "https"], help="default https")
+        action.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    for action in (start, query):
+        action.add_argument(
+            "--show-token", action="store_true", help="also print the IM token (a secret)"
+        )
+    instance.set_defaults(func=_cmd_instance)
 
     demo = commands.add_parser("demo", help="run one conversation", description=_cmd_demo.__doc__)
     _add_connection_args(demo)

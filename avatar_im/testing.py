@@ -16,14 +16,22 @@ Fixtures (each one per test, closed when the test ends):
   already taken from :meth:`~avatar_im.AvatarIM.receive`);
 * ``avatar_server_options`` and ``avatar_client_options``: the keyword arguments the
   two are made with; override them in your ``conftest.py`` to give the server your own
-  ``responder`` or ``credentials``, or the client other ids.
+  ``responder`` or ``credentials``, or the client other ids;
+* ``openapi``: a started :class:`~avatar_im.server.openapi.FakeOpenAPI` (the avatar
+  OpenAPI on loopback, which Alibaba Cloud's SDK talks to unchanged) wired to
+  ``avatar_server``: the IM token of each instance it starts is accepted there, and
+  stopping the instance revokes it.  ``AvatarOpenAPI(openapi.config())`` calls it.
+  It needs the ``aliyun`` extra, and skips its test with a message without it;
+  ``openapi_options`` are its keyword arguments (access key, tenant, app).  To have
+  ``avatar_server`` accept *only* the instances' tokens, set
+  ``avatar_server_options`` to ``{"credentials": []}``.
 
 Every wait is bounded by :data:`TIMEOUT` seconds (``AVATAR_IM_TEST_TIMEOUT`` in the
 environment, default 5).
 
-Loading the plugin imports neither the server nor ``websockets``: that happens when a
-test first asks for ``avatar_server``, so projects without the ``server`` extra still
-run their tests.
+Loading the plugin imports neither the server nor ``websockets`` (nor Alibaba Cloud's
+SDK): that happens when a test first asks for ``avatar_server`` (or ``openapi``), so
+projects without the ``server`` (or ``aliyun``) extra still run their tests.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .client import AvatarIM
 
 if TYPE_CHECKING:
     from .server import ReferenceServer
+    from .server.openapi import FakeOpenAPI
 
 __all__ = [
     "TIMEOUT",
@@ -47,6 +56,8 @@ __all__ = [
     "avatar_server",
     "avatar_server_options",
     "avatar_session",
+    "openapi",
+    "openapi_options",
 ]
 
 #: Seconds every fixture waits at most for a connection or a session.
@@ -109,3 +120,44 @@ def avatar_session(avatar_client: AvatarIM) -> AvatarIM:
     avatar_client.wait_session_ready(TIMEOUT)
     avatar_client.receive(TIMEOUT)  # the startResult, also delivered to the pull API
     return avatar_client
+
+
+@pytest.fixture
+def openapi_options() -> dict[str, Any]:
+    """Keyword arguments for ``openapi``'s ``FakeOpenAPI``, over the fixture's defaults.
+
+    The defaults: access key ``test-access-key-id`` / ``test-access-key-secret``,
+    tenant ``10001``, app ``test-app`` (the ``avatar_client`` default app).
+    """
+    return {}
+
+
+@pytest.fixture
+def openapi(
+    request: pytest.FixtureRequest, openapi_options: dict[str, Any]
+) -> Iterator[FakeOpenAPI]:
+    """A started fake of the avatar OpenAPI, wired to ``avatar_server``; stopped after the test.
+
+    Skips the test when the ``aliyun`` extra is not installed.
+    """
+    try:
+        from .server.openapi import FakeOpenAPI
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        pytest.fail(
+            f"openapi needs the 'server' extra: pip install 'avatar-im[server]' ({exc})",
+            pytrace=False,
+        )
+    options: dict[str, Any] = {
+        "access_key_id": "test-access-key-id",
+        "access_key_secret": "test-access-key-secret",
+        "tenant_id": 10001,
+        "app_id": "test-app",
+        **openapi_options,
+    }
+    server: ReferenceServer = request.getfixturevalue("avatar_server")
+    try:
+        fake = FakeOpenAPI(im_server=server, **options)
+    except ImportError as exc:  # MissingExtraError: Alibaba Cloud's SDK is not installed
+        pytest.skip(f"openapi needs the 'aliyun' extra: pip install 'avatar-im[aliyun]' ({exc})")
+    with fake:
+        yield fake

@@ -17,7 +17,7 @@ import pytest
 import websocket
 
 import avatar_im.server
-from avatar_im import AvatarIM
+from avatar_im import AvatarIM, InvalidArgumentError
 from avatar_im.packets import encode_envelope
 from avatar_im.server import (
     BAD_CONTENT,
@@ -700,3 +700,82 @@ def test_exported_names() -> None:
 
     assert names == sorted(names, key=isort_key)
     assert all(hasattr(avatar_im.server, name) for name in names)
+
+
+# --- token lifecycle -------------------------------------------------------------------------
+
+
+def test_allow_token_accepts_a_new_credential_at_runtime(connect: Connect) -> None:
+    """A server checking credentials accepts a token once allow_token() has added it."""
+    with ReferenceServer(credentials=[]) as server:
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(query_url(server, token="late"), timeout=TIMEOUT)
+        assert info.value.status_code == 401
+        server.allow_token("late", "app", 42)
+        connect(server, token="late", tenant="42")
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(query_url(server, token="late"), timeout=TIMEOUT)
+        assert info.value.status_code == 403  # allowed for tenant 42 only
+
+
+def test_expire_token_disconnects_refuses_and_forgets_sessions(connect: Connect) -> None:
+    """expire_token sends 2{reason} to the token's connections only, then refuses it with 401."""
+    with ReferenceServer(credentials=[], message_id_prefix="srv_") as server:
+        server.allow_token("old", "app", "ten")
+        server.allow_token("other", "app", "ten")
+        ws = connect(server, token="old")
+        bystander = connect(server, token="other")
+        start(ws, "s1")
+        start(bystander, "s2")
+        assert server.expire_token("old") == 1
+        assert ws.recv() == '2{"reason":"CONNECTION_TIMEOUT"}'
+        assert server.wait_for(lambda: server.stats.connections_open == 1, TIMEOUT)
+        assert server.session("s1") is None
+        assert server.session("s2") is not None
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(query_url(server, token="old"), timeout=TIMEOUT)
+        assert info.value.status_code == 401
+        bystander.send("3")
+        assert bystander.recv() == "4"
+
+
+def test_session_of_an_expired_token_is_not_found_with_the_new_token(connect: Connect) -> None:
+    """After expiry, a client resending into the session on a new token gets SESSION_NOT_FOUND."""
+    with ReferenceServer(credentials=[]) as server:
+        server.allow_token("old", "app", "ten")
+        ws = connect(server, token="old")
+        start(ws, "s1")
+        server.allow_token("new", "app", "ten")
+        server.expire_token("old", reason="CONNECTION_KICK_OUT")
+        assert ws.recv() == '2{"reason":"CONNECTION_KICK_OUT"}'
+        again = connect(server, token="new")
+        send(again, "m1", text("s1", "resent"))
+        assert again.recv().startswith(error_ack("m1", SESSION_NOT_FOUND))
+        send(again, "restart", {"type": "start", "sessionId": "s1"})
+        assert again.recv() == '6{"messageId":"restart"}'
+        assert json.loads(again.recv()[1:])["content"]["type"] == "startResult"
+
+
+def test_open_server_refuses_only_expired_tokens(connect: Connect) -> None:
+    """With credentials=None, an expired token gets 401 until allowed again; others still pass."""
+    with ReferenceServer() as server:
+        connect(server, token="any")
+        server.expire_token("gone")
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(query_url(server, token="gone"), timeout=TIMEOUT)
+        assert info.value.status_code == 401
+        connect(server, token="still-any")
+        server.allow_token("gone", "app", "ten")
+        connect(server, token="gone")
+        connect(server, token="gone", app="another-app")  # the server stays open
+
+
+def test_token_lifecycle_rejects_empty_tokens() -> None:
+    """allow_token and expire_token refuse an empty token with InvalidArgumentError."""
+    with ReferenceServer() as server:
+        with pytest.raises(InvalidArgumentError):
+            server.allow_token("", "app", "ten")
+        with pytest.raises(InvalidArgumentError):
+            server.allow_token("tok", "", "ten")
+        with pytest.raises(InvalidArgumentError):
+            server.expire_token("")

@@ -41,6 +41,13 @@ Safety (for a server that users run on their machines):
 * Allow-lists: ``credentials`` pins each token to its (app, tenant) pairs,
   ``allowed_sessions`` the session ids; a connection never acts on, nor
   receives pushes or replies of, a session of another app or tenant.
+* Token lifecycle, for tests of token renewal (as the OpenAPI fake in
+  :mod:`.openapi` drives it): :meth:`ReferenceServer.allow_token` accepts one
+  more credential at runtime, :meth:`ReferenceServer.expire_token` revokes a
+  token, disconnects its connections and forgets their sessions.  A server
+  made with ``credentials=None`` stays open to any token: ``allow_token`` only
+  lifts an earlier expiry there, and ``expire_token`` refuses just that token.
+  To accept *only* allowed tokens, make the server with ``credentials=[]``.
 * Secrets: the token is never logged.  ``websockets`` logs the request path,
   ``?t=<token>`` included, at DEBUG: it is given its own logger,
   ``avatar_im.server.websockets``, whose filter rewrites every record through
@@ -71,7 +78,7 @@ from websockets.http11 import Request as HandshakeRequest
 from websockets.http11 import Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from ..exceptions import ProtocolError
+from ..exceptions import InvalidArgumentError, ProtocolError
 from ..packets import Packet, PacketType, decode_frame, encode_frame
 from ..urls import redact_url
 from .responder import Replies, Request, Responder, default_responder
@@ -264,7 +271,14 @@ class ReferenceServer:
             raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
         self._host = host
         self._port = port
-        self._credentials = credential_table(credentials)
+        # Token -> the (app, tenant) pairs it is valid for; None accepts any token.  Guarded
+        # by _lock: allow_token() and expire_token() change it while handshakes read it.
+        self._credentials: dict[str, frozenset[tuple[str, str]]] | None = credential_table(
+            credentials
+        )
+        # Expired tokens -> the reason their connections were sent; refused with 401 until
+        # allowed again.  Guarded by _lock.  Grows by one per expired token: a test server's.
+        self._expired: dict[str, str] = {}
         self._responder: Responder = default_responder if responder is None else responder
         self._session_grace = session_grace
         self._idle_timeout = idle_timeout
@@ -484,13 +498,13 @@ class ReferenceServer:
 
     def _process_request(self, ws: ServerConnection, request: HandshakeRequest) -> Response | None:
         status = self.faults.refuse_handshake
-        if status is not None:
-            result: Peer | HandshakeRefusal = HandshakeRefusal(
-                status, "Refused by fault injection.\n"
-            )
-        else:
-            result = authorize(request.path, self._credentials)
         with self._changed:
+            if status is not None:
+                result: Peer | HandshakeRefusal = HandshakeRefusal(
+                    status, "Refused by fault injection.\n"
+                )
+            else:
+                result = authorize(request.path, self._credentials, self._expired)
             if isinstance(result, Peer):
                 if self._has_room():
                     self._opening.add(ws.socket)
@@ -509,15 +523,24 @@ class ReferenceServer:
     def _serve_connection(self, ws: ServerConnection) -> None:
         """Run one connection on its handler thread, from ``1`` to the close."""
         assert ws.request is not None
-        peer = authorize(ws.request.path, self._credentials)
+        # _process_request checked the credentials; only parse the peer here.
+        peer = authorize(ws.request.path, None)
         assert isinstance(peer, Peer)  # _process_request refused anything else
         with self._changed:
-            conn = _Connection(next(self._connection_ids), ws, peer)
+            # Checked with the registration, under one lock: expire_token() either sees this
+            # connection registered or has marked the token expired before this check.
+            expired_reason = self._expired.get(peer.token)
             self._opening.discard(ws.socket)
-            self._connections[conn.id] = conn
-            self._state.stats.connections_total += 1
-            self._state.stats.connections_open += 1
+            if expired_reason is None:
+                conn = _Connection(next(self._connection_ids), ws, peer)
+                self._connections[conn.id] = conn
+                self._state.stats.connections_total += 1
+                self._state.stats.connections_open += 1
             self._changed.notify_all()
+        if expired_reason is not None:  # the token expired during the opening handshake
+            self._send_to(ws, encode_frame(PacketType.DISCONNECT, {"reason": expired_reason}))
+            ws.close()
+            return
         logger.info("connection %d open (app=%s, tenant=%s)", conn.id, peer.app_id, peer.tenant_id)
         try:
             if self._send(conn, encode_frame(PacketType.ACCEPTED)):
@@ -714,6 +737,12 @@ class ReferenceServer:
         logger.debug("connection %d < %.200r", conn.id, frame)
         return True
 
+    @staticmethod
+    def _send_to(ws: ServerConnection, frame: str) -> None:
+        """Send one frame on a connection that is not registered; ignore a closed one."""
+        with contextlib.suppress(ConnectionClosed):
+            ws.send(frame)
+
     def _expire(self, session_id: str, token: int) -> None:
         with self._changed:
             forgotten = self._state.expire(session_id, token)
@@ -791,8 +820,11 @@ class ReferenceServer:
 
         Returns once the frames are sent: the closing handshakes go on in the background.
         """
+        return self._disconnect(self._targets(None), reason)
+
+    def _disconnect(self, conns: list[_Connection], reason: str) -> int:
+        """Send ``2{"reason": reason}`` to each of *conns*, then close it in the background."""
         frame = encode_frame(PacketType.DISCONNECT, {"reason": reason})
-        conns = self._targets(None)
         for conn in conns:
             self._send(conn, frame)
             closer = threading.Thread(
@@ -804,6 +836,51 @@ class ReferenceServer:
                 self._closers.add(closer)
             closer.start()
         return len(conns)
+
+    # --- token lifecycle ----------------------------------------------------------------
+
+    def allow_token(self, token: str, app_id: str, tenant_id: str | int) -> None:
+        """Accept *token* for *app_id* and *tenant_id* from now on (and lift its expiry).
+
+        On a server made with ``credentials=None``, which accepts any token,
+        only the expiry is lifted: the server stays open (see the module
+        docstring).  *tenant_id* may be an ``int``, as the OpenAPI has it.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidArgumentError("token must be a non-empty str")
+        owner = (str(app_id), str(tenant_id))
+        if not all(owner):
+            raise InvalidArgumentError("app_id and tenant_id must be non-empty")
+        with self._changed:
+            self._expired.pop(token, None)
+            if self._credentials is not None:
+                self._credentials[token] = self._credentials.get(token, frozenset()) | {owner}
+            self._changed.notify_all()
+
+    def expire_token(self, token: str, reason: str = "CONNECTION_TIMEOUT") -> int:
+        """Revoke *token*: refuse it (401), disconnect its connections, forget their sessions.
+
+        Each connection opened with *token* gets ``2{"reason": reason}`` and is
+        closed (in the background, as :meth:`disconnect`); every session bound
+        to one of them is forgotten, so a client that sends into it again gets
+        ``SESSION_NOT_FOUND``.  Return how many connections were disconnected.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidArgumentError("token must be a non-empty str")
+        with self._changed:
+            if self._credentials is not None:
+                self._credentials.pop(token, None)
+            self._expired[token] = reason
+            conns = [conn for conn in self._connections.values() if conn.peer.token == token]
+            forgotten = self._state.forget_sessions_of({conn.id for conn in conns})
+            self._changed.notify_all()
+        logger.info(
+            "token expired (%s): %d connection(s) closed, session(s) forgotten: %s",
+            reason,
+            len(conns),
+            ", ".join(forgotten) or "none",
+        )
+        return self._disconnect(conns, reason)
 
     def _close_connection(self, conn: _Connection) -> None:
         try:

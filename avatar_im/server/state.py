@@ -37,6 +37,11 @@ The rules, in the order they are applied to a ``5`` message:
    Only processed messages bind: a connection is never bound to a session of
    another (app, tenant), so it never receives that session's pushes.
 
+Token expiry (the server's ``expire_token``): :func:`authorize` refuses an
+expired token with 401, and :meth:`ServerState.forget_sessions_of` forgets the
+sessions bound to that token's connections, so that a client sending into one
+of them again gets ``SESSION_NOT_FOUND`` (and starts it again).
+
 Records: each session keeps its processed messages, texts and audio chunks for
 inspection by tests.  With ``record_limit=None`` (the default) they grow
 without bound, which is what tests want; with ``record_limit=N`` only the last
@@ -56,7 +61,7 @@ import copy
 import enum
 import itertools
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -177,13 +182,16 @@ def credential_table(
 
 
 def authorize(
-    path: str, table: Mapping[str, frozenset[tuple[str, str]]] | None
+    path: str,
+    table: Mapping[str, frozenset[tuple[str, str]]] | None,
+    expired: Container[str] = frozenset(),
 ) -> Peer | HandshakeRefusal:
     """Check a handshake's request target against the credential *table*.
 
     404 for a path other than :data:`PATH`; 400 when ``t``, ``app`` or
-    ``tenant`` is missing or empty; 401 for an unknown token; 403 for a known
-    token used with another app or tenant.  ``None`` accepts any non-empty values.
+    ``tenant`` is missing or empty; 401 for an *expired* token or an unknown
+    one; 403 for a known token used with another app or tenant.  A *table* of
+    ``None`` accepts any non-empty values but the *expired* tokens.
     """
     parts = urlsplit(path)
     if parts.path != PATH:
@@ -196,6 +204,8 @@ def authorize(
             return HandshakeRefusal(400, f"Missing query parameter {name!r}.\n")
         values[name] = value
     peer = Peer(token=values["t"], app_id=values["app"], tenant_id=values["tenant"])
+    if peer.token in expired:
+        return HandshakeRefusal(401, "Token expired.\n")
     if table is not None:
         owners = table.get(peer.token)
         if owners is None:
@@ -658,6 +668,22 @@ class ServerState:
                     session.detach_token = next(self._tokens)
                     orphans.append((session.session_id, session.detach_token))
         return orphans
+
+    def forget_sessions_of(self, connection_ids: Container[int]) -> list[str]:
+        """Forget every session bound to one of *connection_ids*; return their ids.
+
+        For a token that expired: a client that sends into one of them again
+        gets ``SESSION_NOT_FOUND`` and starts it afresh.  Remembered message
+        ids are kept, so a processed message sent again is still a duplicate.
+        """
+        forgotten = [
+            session_id
+            for session_id, session in self.sessions.items()
+            if any(connection_id in connection_ids for connection_id in session.connections)
+        ]
+        for session_id in forgotten:
+            del self.sessions[session_id]
+        return forgotten
 
     def expire(self, session_id: str, token: int) -> bool:
         """Forget *session_id* if it is still orphaned since the detach that gave *token*."""
