@@ -281,7 +281,12 @@ class ClientRegistry(Generic[T]):
     def _sweep(self) -> None:
         assert self._idle_timeout is not None
         timeout = self._idle_timeout
-        while not self._stop.is_set():
+        while True:
+            # Cleared before _stop is read: a close() (which sets _stop, then _wake) that
+            # comes after this line either ends the loop here or ends the wait below.
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             now = time.monotonic()
             expired: list[_Entry[T]] = []
             with self._lock:
@@ -295,7 +300,6 @@ class ClientRegistry(Generic[T]):
                         self.closed_idle += 1
                     else:
                         next_due = min(next_due, due)
-                self._wake.clear()
             for entry in expired:
                 self._close_entry(entry, "idle")
             # Wake at the next deadline, when an entry is added, or at close().

@@ -170,3 +170,12 @@ def test_closed_registry_refuses_and_closes_everything() -> None:
     assert Counted.closed == 5 and not thread.is_alive()
     with pytest.raises(ClientClosedError):
         registry.get(1)
+
+
+def test_close_always_ends_the_sweeper_at_once() -> None:
+    """close() racing the sweeper's pass never leaves it waiting out its idle timeout."""
+    for _ in range(200):
+        registry = ClientRegistry(Counted, idle_timeout=30)
+        registry.get(1)
+        registry.close()
+        assert not registry.threads
