@@ -25,9 +25,14 @@ def client_threads() -> list[threading.Thread]:
 
 @pytest.fixture(autouse=True)
 def no_client_thread_left() -> Iterator[None]:
-    """After every test, no client thread is left running."""
+    """After every test, no client thread it started is left running.
+
+    Only threads started during the test count, so one test's leak fails that test
+    alone instead of every test after it.
+    """
+    before = set(client_threads())
     yield
-    leftover = client_threads()
+    leftover = [t for t in client_threads() if t not in before]
     for thread in leftover:
         thread.join(TIMEOUT)
     assert not [t for t in leftover if t.is_alive()], f"threads left: {leftover}"
