@@ -38,6 +38,7 @@ from .exceptions import (
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
+    TokenProviderError,
     UnknownMessageError,
 )
 from .options import SessionOptions
@@ -78,6 +79,7 @@ __all__ = [
     "SessionReadyTimeout",
     "SessionStartError",
     "SessionState",
+    "TokenProviderError",
     "UnknownMessageError",
     "__version__",
 ]

@@ -426,8 +426,10 @@ class AvatarOpenAPI:
             raise InvalidArgumentTypeError(
                 f"timeout must be a number, got {type(timeout).__name__}"
             )
-        if not timeout > 0:
-            raise InvalidArgumentError(f"timeout must be > 0, got {timeout!r}")
+        if not 0 < timeout <= 86_400:
+            raise InvalidArgumentError(
+                f"timeout must be > 0 and at most a day (in seconds), got {timeout!r}"
+            )
         self._sdk = _import_sdk()
         self.config = config
         self.retry = retry

@@ -367,14 +367,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with server, ExitStack() as stack:
         print(f"serving {server.url} (Ctrl-C to stop)", flush=True)
         if fake is not None:
-            stack.enter_context(fake)
-            _print_openapi_env(fake.config(), fake.endpoint)
+            try:
+                stack.enter_context(fake)
+            except OSError as exc:
+                print(
+                    f"avatar-im serve --openapi: cannot listen on port {args.openapi_port}: "
+                    f"{exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                return 1
+            _print_openapi_env(fake.config(), fake.endpoint, server.url)
         with suppress(KeyboardInterrupt):
             server.serve_forever()
     return 0
 
 
-def _print_openapi_env(config: Any, endpoint: str) -> None:
+def _print_openapi_env(config: Any, endpoint: str, im_url: str = "") -> None:
     """Print the fake OpenAPI's endpoint and the environment that points clients at it."""
     from .aliyun import ENV_VARIABLES
 
@@ -389,6 +397,8 @@ def _print_openapi_env(config: Any, endpoint: str) -> None:
     }
     for field, value in values.items():
         print(f"  export {ENV_VARIABLES[field]}={value}", flush=True)
+    if im_url:
+        print(f"  export AVATAR_IM_URL={im_url}", flush=True)
 
 
 def _one_line(text: str) -> str:

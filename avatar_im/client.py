@@ -183,19 +183,22 @@ class AvatarIM:
         cls,
         instance: InstanceLike,
         *,
-        url: str = DEFAULT_URL,
+        url: str | None = None,
         openapi: RunningInstanceSource | None = None,
         **options: Any,
     ) -> AvatarIM:
         """A client for a started avatar instance (see :mod:`avatar_im.aliyun`).
 
-        Takes the IM token, app, tenant and session id from *instance*.  With
+        Takes the IM token, app, tenant and session id from *instance*; *url*
+        defaults to ``AVATAR_IM_URL`` from the environment, else the cloud's.  With
         *openapi* (an :class:`~avatar_im.aliyun.AvatarOpenAPI`), the token is
         renewed through ``QueryRunningInstance`` when it expires; an instance
         that is no longer running ends the client with the provider's error.
         Other keyword arguments go to :class:`AvatarIM`.
         """
         session_id = instance.session_id
+        if url is None:
+            url = os.environ.get("AVATAR_IM_URL") or DEFAULT_URL
         if openapi is not None and "token_provider" not in options:
             source = openapi
 

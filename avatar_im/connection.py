@@ -73,12 +73,14 @@ from typing import Any, TypeVar
 from .backoff import ReconnectPolicy
 from .exceptions import (
     AuthenticationError,
+    AvatarIMError,
     CertificateError,
     ConnectionFailedError,
     ForkedClientError,
     HandshakeError,
     LifecycleError,
     ServerClosedError,
+    TokenProviderError,
 )
 from .protocol import (
     ClientProtocol,
@@ -493,8 +495,11 @@ class Connection:
             try:
                 url = self._renew_url()
             except Exception as exc:
-                raise ConnectionFailedError(
-                    f"the token provider failed: {type(exc).__name__}: {exc}"
+                # The application's own verdict (the instance is gone, a wrong value) is
+                # final; anything else (a network error) is retried like a refused token.
+                final = isinstance(exc, (AvatarIMError, TypeError, ValueError))
+                raise TokenProviderError(
+                    f"the token provider failed: {type(exc).__name__}: {exc}", final=final
                 ) from exc
             self._url = url
         self._url_is_fresh = False
@@ -527,13 +532,20 @@ class Connection:
                         if generation != self.generation:
                             return
                         self._transport = None
-                    refusals = refusals + 1 if isinstance(exc, AuthenticationError) else 0
-                    # With a token provider a refused token is renewed, a few times.
+                    refused = isinstance(exc, (AuthenticationError, TokenProviderError))
+                    refusals = refusals + 1 if refused else 0
+                    # With a token provider a refused token is renewed, a few times; a
+                    # provider that keeps failing ends the client like wrong credentials.
                     renewable = (
                         self._renew_url is not None
                         and isinstance(exc, AuthenticationError)
                         and refusals < _MAX_REFUSALS
                     )
+                    if isinstance(exc, TokenProviderError) and (
+                        exc.final or refusals >= _MAX_REFUSALS
+                    ):
+                        self._fail(generation, exc)
+                        return
                     if _is_final(exc) and not renewable:
                         self._fail(generation, exc)
                         return

@@ -16,6 +16,7 @@ may catch either (``except TimeoutError`` still works)::
     │   ├── HandshakeError                   any other refused handshake
     │   ├── CertificateError                 the server's TLS certificate failed verification
     │   ├── ConnectTimeout (TimeoutError)    not connected within the wait's timeout
+    │   ├── TokenProviderError               the token provider failed (``__cause__``)
     │   └── ServerClosedError                the server sent ``2`` with a final reason
     ├── SessionError
     │   ├── SessionNotStartedError           a session call before start / after stop
@@ -64,6 +65,7 @@ __all__ = [
     "SessionNotStartedError",
     "SessionReadyTimeout",
     "SessionStartError",
+    "TokenProviderError",
     "UnknownMessageError",
 ]
 
@@ -131,6 +133,19 @@ class CertificateError(ConnectionFailedError):
 
 class ConnectTimeout(ConnectionFailedError, TimeoutError):
     """``connect(timeout)`` or ``wait_connected(timeout)`` ran out of time (retries go on)."""
+
+
+class TokenProviderError(ConnectionFailedError):
+    """The ``token_provider`` raised (its error is ``__cause__``).
+
+    :attr:`final` is True when the client gives up at once: the provider raised
+    an :class:`AvatarIMError` (the instance is gone, say), a ``TypeError`` or a
+    ``ValueError``.  Other errors are retried, three in a row at most.
+    """
+
+    def __init__(self, message: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class ServerClosedError(ConnectionFailedError):

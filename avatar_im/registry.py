@@ -69,6 +69,7 @@ class _Entry(Generic[T]):
     error: BaseException | None = None
     last_used: float = 0.0
     users: int = 0
+    discarded: bool = False  # left the table while in use: closed when its last user leaves
 
 
 class ClientRegistry(Generic[T]):
@@ -178,6 +179,9 @@ class ClientRegistry(Generic[T]):
             if entry.error is not None:
                 self._release(entry)
                 raise entry.error
+            if self._closed:  # closed while this thread waited for the entry to be made
+                self._release(entry)
+                raise ClientClosedError("the registry is closed")
         assert entry.value is not None
         try:
             yield entry.value
@@ -215,15 +219,24 @@ class ClientRegistry(Generic[T]):
         with self._lock:
             entry.users -= 1
             entry.last_used = time.monotonic()
+            close_now = entry.discarded and entry.users == 0
+        if close_now:
+            self._close_entry(entry, "discarded")
 
     def discard(self, key: Hashable) -> bool:
-        """Close and forget *key*'s entry now (a visitor logged out); False if there was none."""
+        """Forget *key*'s entry and close it (a visitor logged out); False if there was none.
+
+        An entry in use is closed when its last user leaves, never under it.
+        """
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.value is None:
                 return False
             del self._entries[key]
-        self._close_entry(entry, "discarded")
+            in_use = entry.users > 0
+            entry.discarded = in_use
+        if not in_use:
+            self._close_entry(entry, "discarded")
         return True
 
     def close(self) -> None:

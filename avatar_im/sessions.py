@@ -20,6 +20,7 @@ It imports nothing of the OpenAPI SDK: any object with the methods of
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -50,7 +51,8 @@ class AvatarSession:
         self.instance = instance
         #: The IM client, its session ready.
         self.client = client
-        self._closed = False
+        self._closed = False  # the session and the client are done
+        self._stopped = False  # StopInstance succeeded
 
     @property
     def session_id(self) -> str:
@@ -61,26 +63,29 @@ class AvatarSession:
         """Stop the session, wait up to *flush_timeout* for acks, close, stop the instance.
 
         Every step runs even if an earlier one failed; the first error is
-        raised at the end.  Calling it again does nothing.
+        raised at the end.  When stopping the instance failed (throttling that
+        outlasted the retries, say), calling it again tries again; once the
+        instance is stopped, it does nothing.
         """
-        if self._closed:
+        if self._stopped:
             return
-        self._closed = True
         errors: list[BaseException] = []
         client = self.client
-        if not client.closed:
+        if not self._closed and not client.closed:
             try:
                 if client.session_ready.is_set():
                     client.stop_session()
                 client.flush(flush_timeout)
             except AvatarIMError as exc:
                 logger.warning("stopping the session of %s: %s", self.session_id, exc)
+        self._closed = True
         try:
             client.close()
         except Exception as exc:  # pragma: no cover - close() does not raise
             errors.append(exc)
         try:
             self.openapi.stop_instance(self.session_id)
+            self._stopped = True
         except Exception as exc:
             logger.warning("stopping instance %s failed: %s", self.session_id, exc)
             errors.append(exc)
@@ -104,7 +109,7 @@ class AvatarSession:
             logger.exception("closing the avatar session after an error in the block")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else self.client.state.value
+        state = "stopped" if self._stopped else self.client.state.value
         return f"<AvatarSession session_id={self.session_id!r} {state}>"
 
 
@@ -113,17 +118,22 @@ def open_session(
     *,
     user_id: str,
     user_name: str | None = None,
-    url: str = DEFAULT_URL,
+    url: str | None = None,
     ready_timeout: float = 10.0,
     session_options: Mapping[str, Any] | None = None,
     **client_options: Any,
 ) -> AvatarSession:
     """Start an instance, connect to it, start the session; return them as one session.
 
+    *url* is the IM endpoint: by default ``AVATAR_IM_URL`` from the environment,
+    else the cloud's (:data:`~avatar_im.DEFAULT_URL`); ``avatar-im serve
+    --openapi`` prints the ``AVATAR_IM_URL`` of its reference server.
     *session_options* go to :meth:`AvatarIM.start_session`, *client_options*
     to :class:`AvatarIM`.  If any step fails, what was started is stopped
     again (the instance too) before the error is raised.
     """
+    if url is None:
+        url = os.environ.get("AVATAR_IM_URL") or DEFAULT_URL
     instance = openapi.start_instance(user_id=user_id, user_name=user_name)
     client: AvatarIM | None = None
     try:

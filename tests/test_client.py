@@ -541,3 +541,55 @@ def test_connection_timeout_with_a_provider_renews_and_resends_exactly_once(
     assert server.session("s0").texts == sent
     assert client.stats.session_restarts >= 1
     assert client.state is ConnectionState.OPEN
+
+
+@pytest.mark.parametrize(
+    ("failure", "calls"),
+    [
+        (ClientClosedError("the instance is gone"), 1),  # the application's verdict: at once
+        (ValueError("bad value"), 1),
+        (OSError("network down"), 3),  # retried, three in a row at most
+    ],
+    ids=["closed", "value-error", "os-error"],
+)
+def test_a_failing_token_provider_ends_the_client(
+    server: ReferenceServer, failure: Exception, calls: int
+) -> None:
+    """A provider that raises ends the client with TokenProviderError, never a retry loop."""
+    from avatar_im import TokenProviderError
+
+    asked: list[int] = []
+
+    def provider() -> str:
+        asked.append(1)
+        raise failure
+
+    client = AvatarIM(
+        app_id="a",
+        tenant_id="b",
+        session_id="s",
+        url=server.url,
+        token_provider=provider,
+        reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+    )
+    try:
+        with pytest.raises(TokenProviderError) as caught:
+            client.wait_connected(TIMEOUT)
+        assert caught.value.__cause__ is failure and len(asked) == calls
+        assert client.closed
+    finally:
+        client.close()
+
+
+def test_a_token_provider_returning_a_non_str_ends_the_client(server: ReferenceServer) -> None:
+    """A provider returning None is a programming error: final at once."""
+    from avatar_im import TokenProviderError
+
+    client = AvatarIM(
+        app_id="a", tenant_id="b", session_id="s", url=server.url, token_provider=lambda: None
+    )
+    try:
+        with pytest.raises(TokenProviderError):
+            client.wait_connected(TIMEOUT)
+    finally:
+        client.close()

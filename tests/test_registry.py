@@ -179,3 +179,44 @@ def test_close_always_ends_the_sweeper_at_once() -> None:
         registry.get(1)
         registry.close()
         assert not registry.threads
+
+
+def test_discard_waits_for_the_entry_s_last_user() -> None:
+    """A logout while a request uses the entry closes it when that request is done."""
+    with ClientRegistry(Counted, idle_timeout=None) as registry:
+        with registry.use("k") as entry:
+            assert registry.discard("k")
+            assert not entry.is_closed and "k" not in registry
+        assert entry.is_closed
+
+
+def test_a_waiter_gets_an_error_when_the_registry_closes_meanwhile() -> None:
+    """A thread waiting for a key being made when close() runs gets ClientClosedError."""
+    making, release = threading.Event(), threading.Event()
+
+    def factory(key: Hashable) -> Counted:
+        making.set()
+        release.wait(TIMEOUT)
+        return Counted(key)
+
+    registry = ClientRegistry(factory, idle_timeout=None)
+    outcomes: list[BaseException | None] = []
+
+    def get() -> None:
+        try:
+            registry.get("k")
+            outcomes.append(None)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=get) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    assert making.wait(TIMEOUT)
+    closer = threading.Thread(target=registry.close)
+    closer.start()
+    release.set()
+    for thread in [*threads, closer]:
+        thread.join(TIMEOUT)
+    assert len(outcomes) == 2 and all(isinstance(o, ClientClosedError) for o in outcomes)
+    assert Counted.closed == Counted.made == 1

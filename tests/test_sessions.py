@@ -156,3 +156,76 @@ def test_registry_of_instances_fifty_keys_eight_threads(
     assert openapi.started_total == 50
     assert openapi.running == [] and openapi.stopped_total == 50
     assert not registry.threads
+
+
+def test_a_failed_stop_instance_is_tried_again(
+    api: AvatarOpenAPI, openapi: FakeOpenAPI, avatar_server: ReferenceServer
+) -> None:
+    """StopInstance throttled past its retries: close() raises, and a second close() stops it."""
+    from avatar_im.aliyun import OpenAPIError
+
+    avatar = open_session(api, user_id="u1", url=avatar_server.url)
+    openapi.throttle(10)
+    with pytest.raises(OpenAPIError):
+        avatar.close()
+    assert openapi.running == [avatar.session_id]
+    openapi.throttle(0)
+    avatar.close()
+    assert openapi.running == [] and avatar.client.closed
+
+
+def test_the_im_url_comes_from_the_environment(
+    api: AvatarOpenAPI,
+    openapi: FakeOpenAPI,
+    avatar_server: ReferenceServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no url=, open_session connects to AVATAR_IM_URL (what serve --openapi prints)."""
+    monkeypatch.setenv("AVATAR_IM_URL", avatar_server.url)
+    with open_session(api, user_id="u1") as avatar:
+        avatar.client.wait_ack(avatar.client.send_text("hi"), TIMEOUT)
+    assert openapi.stopped_total == 1
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    import re
+
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+@pytest.fixture
+def cloud_environment(
+    openapi: FakeOpenAPI, avatar_server: ReferenceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment `avatar-im serve --openapi` tells a user to export."""
+    from avatar_im.aliyun import ENV_VARIABLES
+
+    config = openapi.config()
+    for field in ("access_key_id", "access_key_secret", "tenant_id", "app_id"):
+        monkeypatch.setenv(ENV_VARIABLES[field], str(getattr(config, field)))
+    monkeypatch.setenv(ENV_VARIABLES["endpoint"], openapi.endpoint)
+    monkeypatch.setenv(ENV_VARIABLES["protocol"], "http")
+    monkeypatch.setenv("AVATAR_IM_URL", avatar_server.url)
+
+
+@pytest.mark.usefixtures("cloud_environment")
+def test_the_readme_cloud_snippet_runs_as_written(openapi: FakeOpenAPI) -> None:
+    """The README's cloud quick start, read from the README, against the fake."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## From your Alibaba Cloud account", 1)[1]
+    exec(_python_blocks(section)[0], {})
+    assert openapi.started_total == 1 and openapi.running == []
+
+
+@pytest.mark.usefixtures("cloud_environment")
+def test_the_cloud_page_snippets_run_as_written(openapi: FakeOpenAPI) -> None:
+    """docs/cloud.md's snippets, in order and in one namespace, against the fake."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cloud.md").read_text()
+    namespace: dict[str, Any] = {}
+    for block in _python_blocks(page):
+        exec(block, namespace)
+    assert openapi.started_total == 2 and openapi.running == []

@@ -174,6 +174,10 @@ class _HTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+# The largest request body the fake reads (the real API's are small).
+_MAX_BODY = 1 << 20
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     timeout = REQUEST_TIMEOUT  # a silent client ends its request thread
@@ -186,7 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer()
 
     def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_BODY:
+            self.send_error(413 if length > 0 else 400, "bad or too large Content-Length")
+            return
         body = self.rfile.read(length) if length > 0 else b""
         status, answer = self.server.fake._handle(self.command, self.path, self.headers, body)
         data = json.dumps(answer).encode("utf-8")
