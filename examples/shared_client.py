@@ -143,3 +143,13 @@ class SharedClient:
             client.close()
         if server is not None:
             server.stop()
+
+
+if __name__ == "__main__":  # python -m examples.shared_client: ask twice, print the replies
+    logging.basicConfig(level=logging.INFO)
+    shared = SharedClient.from_env(output_mode="audio")
+    try:
+        for question in ("hello", "how are you?"):
+            print(f"{question!r} -> {shared.ask(question, timeout=10).get('text')!r}")
+    finally:
+        shared.close()

@@ -149,3 +149,42 @@ def test_from_env_reads_the_avatar_im_variables(
     snapshot = server.session("from-env")
     assert snapshot is not None
     assert snapshot.texts == ["hi"]
+
+
+def test_running_the_module_asks_and_prints_the_replies(server: ReferenceServer) -> None:
+    """`python -m examples.shared_client` does something: two questions, two replies."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.shared_client"],
+        cwd=root,
+        env={**os.environ, "AVATAR_IM_URL": server.url},
+        capture_output=True,
+        text=True,
+        timeout=6 * TIMEOUT,
+        check=True,
+    )
+    assert "'hello' -> 'You said: hello'" in result.stdout
+
+
+def test_the_server_module_names_its_extra_when_websockets_is_missing() -> None:
+    """Without the 'server' extra, importing the server says which extra to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['websockets'] = None\n"
+        "try:\n    import avatar_im.server\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=6 * TIMEOUT,
+        check=True,
+    )
+    assert "pip install 'avatar-im[server]'" in result.stdout

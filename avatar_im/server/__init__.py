@@ -9,6 +9,14 @@ and :mod:`avatar_im.server.server` for TLS, limits and allow-lists.
 
 from __future__ import annotations
 
+try:
+    import websockets as _websockets  # noqa: F401 - only to name the missing extra
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "avatar_im.server needs the 'server' extra: pip install 'avatar-im[server]'",
+        name=exc.name,
+    ) from exc
+
 from .responder import Replies, Request, Responder, SessionInfo, audio_duration, default_responder
 from .server import Faults, ReferenceServer
 from .state import (
