@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,17 @@ ClientFactory = Callable[..., AvatarIM]
 def client_threads() -> list[threading.Thread]:
     """The client threads alive now (reader threads are named avatar-im-reader-N)."""
     return [t for t in threading.enumerate() if t.name.startswith("avatar-im-")]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Wait for a predicate nothing signals: re-check every 10 ms, bounded by *timeout*."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.01)
+    return True
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import TIMEOUT, ClientFactory, client_threads
@@ -440,6 +441,18 @@ def test_receive_match_lets_threads_wait_for_their_own_reply(ready_client: Avata
 # ---------------------------------------------------------------- token renewal
 
 
+def provided_client(url: str, provider: Callable[[], object]) -> AvatarIM:
+    """A client whose token comes from *provider* only, reconnecting fast."""
+    return AvatarIM(
+        app_id="a",
+        tenant_id="b",
+        session_id="s",
+        url=url,
+        token_provider=provider,  # type: ignore[arg-type]
+        reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+    )
+
+
 def test_token_provider_renews_a_refused_token() -> None:
     """A refused first token: the provider is asked again and its token opens the session."""
     from avatar_im.server import Credentials
@@ -452,14 +465,7 @@ def test_token_provider_renews_a_refused_token() -> None:
         return token
 
     with ReferenceServer(credentials=Credentials(token="right", app_id="a", tenant_id="b")) as srv:
-        client = AvatarIM(
-            app_id="a",
-            tenant_id="b",
-            session_id="s",
-            url=srv.url,
-            token_provider=provider,
-            reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
-        )
+        client = provided_client(srv.url, provider)
         try:
             client.start_session()
             client.wait_session_ready(TIMEOUT)
@@ -480,14 +486,7 @@ def test_token_provider_gives_up_on_credentials_that_stay_wrong() -> None:
         return "wrong"
 
     with ReferenceServer(credentials=Credentials(token="right", app_id="a", tenant_id="b")) as srv:
-        client = AvatarIM(
-            app_id="a",
-            tenant_id="b",
-            session_id="s",
-            url=srv.url,
-            token_provider=provider,
-            reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
-        )
+        client = provided_client(srv.url, provider)
         try:
             with pytest.raises(AuthenticationError):
                 client.wait_connected(TIMEOUT)
@@ -564,14 +563,7 @@ def test_a_failing_token_provider_ends_the_client(
         asked.append(1)
         raise failure
 
-    client = AvatarIM(
-        app_id="a",
-        tenant_id="b",
-        session_id="s",
-        url=server.url,
-        token_provider=provider,
-        reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
-    )
+    client = provided_client(server.url, provider)
     try:
         with pytest.raises(TokenProviderError) as caught:
             client.wait_connected(TIMEOUT)

@@ -10,11 +10,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import TIMEOUT, ClientFactory, client_threads
+from conftest import TIMEOUT, ClientFactory, client_threads, wait_until
 from peers import silent_websocket_server
 
 from avatar_im import (
@@ -612,7 +612,7 @@ def test_reading_goes_on_while_a_backlog_drains_over_a_slow_link() -> None:
             client.send_message({"blob": blob})
         peer.go.set()
         client.wait_connected(TIMEOUT)
-        assert _wait_until(lambda: peer.received >= 200 * 60_000, 4 * TIMEOUT), peer.received
+        assert wait_until(lambda: peer.received >= 200 * 60_000, 4 * TIMEOUT), peer.received
         assert peer.connections == 1 and client.stats.reconnects == 0
         assert client.state is ConnectionState.OPEN
     finally:
@@ -620,18 +620,23 @@ def test_reading_goes_on_while_a_backlog_drains_over_a_slow_link() -> None:
         peer.close()
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Wait on a predicate that no condition signals, polling every 10 ms, bounded."""
-    event = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        event.wait(0.01)
-    return True
-
-
 # ---------------------------------------------------------------- flush tells the truth
+
+
+def flush_in_thread(client: AvatarIM) -> tuple[threading.Thread, list[BaseException | None]]:
+    """Start client.flush() on a thread; its outcome (None or the error) lands in the list."""
+    outcome: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            client.flush(4 * TIMEOUT)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    return flusher, outcome
 
 
 def test_flush_raises_when_close_discards_what_it_waits_for() -> None:
@@ -641,17 +646,7 @@ def test_flush_raises_when_close_discards_what_it_waits_for() -> None:
         try:
             client.wait_connected(TIMEOUT)
             client.send_message({"type": "never acked"})
-            outcome: list[BaseException | None] = []
-
-            def flush() -> None:
-                try:
-                    client.flush(4 * TIMEOUT)
-                    outcome.append(None)
-                except BaseException as exc:
-                    outcome.append(exc)
-
-            flusher = threading.Thread(target=flush)
-            flusher.start()
+            flusher, outcome = flush_in_thread(client)
             client.close()
             flusher.join(TIMEOUT)
             assert len(outcome) == 1 and isinstance(outcome[0], MessageDiscardedError)
@@ -670,17 +665,7 @@ def test_flush_raises_when_the_server_closes_for_good(
     client = started(make_client())
     server.faults.drop_acks = True
     client.send_text("unacked")
-    outcome: list[BaseException | None] = []
-
-    def flush() -> None:
-        try:
-            client.flush(4 * TIMEOUT)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    flusher = threading.Thread(target=flush)
-    flusher.start()
+    flusher, outcome = flush_in_thread(client)
     server.disconnect("CONNECTION_KICK_OUT")
     flusher.join(2 * TIMEOUT)
     assert len(outcome) == 1 and isinstance(outcome[0], MessageDiscardedError)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 
 from avatar_im import AvatarIM, ClientClosedError
 from avatar_im.registry import ClientRegistry, RegistryFullError
 from avatar_im.server import ReferenceServer
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Wait for a predicate nothing signals: re-check every 10 ms, bounded by *timeout*."""
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(0.01)
-    return True
 
 
 class Counted:
