@@ -257,14 +257,6 @@ class Connection:
         with self._lock:
             return fn(self.protocol)
 
-    def command(self, fn: Callable[[ClientProtocol], T]) -> T:
-        """Run the command *fn* on the protocol under the lock, then write what it queued."""
-        with self._lock:
-            result = fn(self.protocol)
-            self._sync_ready()
-        self.flush()
-        return result
-
     def after_command(self) -> None:
         """Bring derived state up to date after a protocol call made under :attr:`lock`."""
         assert self._lock.locked()
@@ -419,6 +411,7 @@ class Connection:
                         waiting = protocol.awaiting_write
                         frames = protocol.data_to_send(_BATCH)
                         added = protocol.awaiting_write - waiting
+                        more = protocol.has_data_to_send()
                     if not frames:
                         break
                     try:
@@ -432,6 +425,8 @@ class Connection:
                             if self._transport is transport:
                                 self._unsent.append((end, added))
                                 self._settle(transport)
+                    if not more:
+                        break  # drained; what others queued meanwhile is checked below
             finally:
                 self._send_lock.release()
             # Frames queued while we released the lock would be stranded: look again.

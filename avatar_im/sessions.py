@@ -10,8 +10,7 @@ leaving a ``with`` block even when the block raised::
 
     api = AvatarOpenAPI(AliyunConfig.from_env())
     with open_session(api, user_id="visitor-1") as avatar:
-        avatar.client.send_text("Hello!")
-        print(avatar.client.receive(timeout=10))
+        avatar.client.wait_ack(avatar.client.send_text("Hello!"), timeout=10)
 
 It imports nothing of the OpenAPI SDK: any object with the methods of
 :class:`OpenAPILike` works, which is how the tests drive it with the fake.
@@ -20,14 +19,12 @@ It imports nothing of the OpenAPI SDK: any object with the methods of
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
 from .client import AvatarIM, InstanceLike
 from .exceptions import AvatarIMError
-from .urls import DEFAULT_URL
 
 __all__ = ["AvatarSession", "OpenAPILike", "open_session"]
 
@@ -126,14 +123,12 @@ def open_session(
     """Start an instance, connect to it, start the session; return them as one session.
 
     *url* is the IM endpoint: by default ``AVATAR_IM_URL`` from the environment,
-    else the cloud's (:data:`~avatar_im.DEFAULT_URL`); ``avatar-im serve
+    else the cloud's (see :meth:`AvatarIM.from_instance`); ``avatar-im serve
     --openapi`` prints the ``AVATAR_IM_URL`` of its reference server.
     *session_options* go to :meth:`AvatarIM.start_session`, *client_options*
     to :class:`AvatarIM`.  If any step fails, what was started is stopped
     again (the instance too) before the error is raised.
     """
-    if url is None:
-        url = os.environ.get("AVATAR_IM_URL") or DEFAULT_URL
     instance = openapi.start_instance(user_id=user_id, user_name=user_name)
     client: AvatarIM | None = None
     try:

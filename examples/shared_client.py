@@ -29,13 +29,31 @@ from avatar_im import AvatarIM, ReceiveTimeout
 if TYPE_CHECKING:
     from avatar_im.server import ReferenceServer
 
-__all__ = ["ReplyTimeout", "SharedClient"]
+__all__ = ["ReplyTimeout", "SharedClient", "ask"]
 
 logger = logging.getLogger(__name__)
 
 
 class ReplyTimeout(TimeoutError):
     """No reply to a text came in time."""
+
+
+def ask(client: AvatarIM, text: str, timeout: float) -> dict[str, Any]:
+    """Send *text* on *client* and return the ``content`` of the reply to it (by ``replyTo``).
+
+    Raises :class:`ReplyTimeout` if no reply comes within *timeout* seconds.
+    """
+    message_id = client.send_text(text)
+
+    def is_reply(message: dict[str, Any]) -> bool:
+        content = message.get("content")
+        return isinstance(content, dict) and content.get("replyTo") == message_id
+
+    try:
+        reply: dict[str, Any] = client.receive(timeout, match=is_reply)["content"]
+    except ReceiveTimeout:
+        raise ReplyTimeout(f"no reply to {message_id} within {timeout}s") from None
+    return reply
 
 
 class SharedClient:
@@ -121,18 +139,7 @@ class SharedClient:
         Raises :class:`ReplyTimeout` if no reply comes within *timeout* seconds, and
         the client's errors (:class:`avatar_im.AvatarIMError`) as they are.
         """
-        client = self.client()
-        message_id = client.send_text(text)
-
-        def is_reply(message: dict[str, Any]) -> bool:
-            content = message.get("content")
-            return isinstance(content, dict) and content.get("replyTo") == message_id
-
-        try:
-            reply: dict[str, Any] = client.receive(timeout, match=is_reply)["content"]
-        except ReceiveTimeout:
-            raise ReplyTimeout(f"no reply to {message_id} within {timeout}s") from None
-        return reply
+        return ask(self.client(), text, timeout)
 
     def close(self) -> None:
         """Close the client and the embedded server, if any (registered with ``atexit``)."""

@@ -20,7 +20,8 @@ avatar for the visitors it serves (session ids carry the process id, so two
 workers never share one session); sharing one avatar across workers and
 machines is what the Redis relay is for.
 
-This is example code, not part of the library: copy it into your app.
+This is example code, not part of the library: copy it into your app, with
+``examples/shared_client.py``, whose :func:`~examples.shared_client.ask` it uses.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from avatar_im import AvatarIM, ReceiveTimeout
+from avatar_im import AvatarIM
 from avatar_im.registry import ClientRegistry
+
+from .shared_client import ReplyTimeout, ask
 
 if TYPE_CHECKING:
     from avatar_im.server import ReferenceServer
@@ -41,10 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["ReplyTimeout", "VisitorAvatars"]
 
 logger = logging.getLogger(__name__)
-
-
-class ReplyTimeout(TimeoutError):
-    """No reply to a text came in time."""
 
 
 class VisitorAvatars:
@@ -141,18 +140,7 @@ class VisitorAvatars:
         and the client's errors (:class:`avatar_im.AvatarIMError`) as they are.
         """
         with self.registry.use(visitor) as entry:
-            client: AvatarIM = getattr(entry, "client", entry)
-            message_id = client.send_text(text)
-
-            def is_reply(message: dict[str, Any]) -> bool:
-                content = message.get("content")
-                return isinstance(content, dict) and content.get("replyTo") == message_id
-
-            try:
-                reply: dict[str, Any] = client.receive(timeout, match=is_reply)["content"]
-            except ReceiveTimeout:
-                raise ReplyTimeout(f"no reply to {message_id} within {timeout}s") from None
-        return reply
+            return ask(getattr(entry, "client", entry), text, timeout)
 
     def close(self) -> None:
         """Close every visitor's avatar and the embedded server (registered with ``atexit``)."""
