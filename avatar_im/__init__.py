@@ -9,11 +9,12 @@ import logging
 
 from ._version import __version__
 from .backoff import ReconnectPolicy
-from .client import AvatarIM, ClientStats
+from .client import AvatarIM, ClientStats, InterruptReport
 from .connection import ConnectionState
 from .exceptions import (
     AckError,
     AckTimeout,
+    AskTimeout,
     AudioDeviceError,
     AudioFormatError,
     AudioStreamError,
@@ -26,9 +27,11 @@ from .exceptions import (
     DeliveryError,
     ForkedClientError,
     HandshakeError,
+    InterruptTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     LifecycleError,
+    MessageCancelledError,
     MessageDiscardedError,
     OutboxFullError,
     ProtocolError,
@@ -38,17 +41,23 @@ from .exceptions import (
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
+    SpeakingTimeout,
     TokenProviderError,
     UnknownMessageError,
 )
+from .inbox import Answer
+from .messages import Message
 from .options import SessionOptions
-from .protocol import SessionState
+from .protocol import AckPolicy, SessionState
 from .urls import DEFAULT_URL
 
 __all__ = [
     "DEFAULT_URL",
     "AckError",
+    "AckPolicy",
     "AckTimeout",
+    "Answer",
+    "AskTimeout",
     "AudioDeviceError",
     "AudioFormatError",
     "AudioStreamError",
@@ -64,9 +73,13 @@ __all__ = [
     "DeliveryError",
     "ForkedClientError",
     "HandshakeError",
+    "InterruptReport",
+    "InterruptTimeout",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "LifecycleError",
+    "Message",
+    "MessageCancelledError",
     "MessageDiscardedError",
     "OutboxFullError",
     "ProtocolError",
@@ -79,6 +92,7 @@ __all__ = [
     "SessionReadyTimeout",
     "SessionStartError",
     "SessionState",
+    "SpeakingTimeout",
     "TokenProviderError",
     "UnknownMessageError",
     "__version__",

@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 #: The session's audio is 16-bit mono: two bytes per sample.
 BYTES_PER_SAMPLE = 2
+#: The length of the canonical RIFF/WAVE header (see :func:`wav_bytes`).
+WAV_HEADER_BYTES = 44
 #: The default chunk length of :meth:`AvatarIM.stream_audio`, in milliseconds.
 DEFAULT_CHUNK_MS = 40.0
 #: Seconds a stream waits for room in a full outbox before it fails (without ``send_timeout``).

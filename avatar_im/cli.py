@@ -19,7 +19,7 @@ import ssl
 import struct
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
@@ -28,7 +28,9 @@ import attrs
 from ._version import __version__
 from .audio import AudioStream
 from .client import AvatarIM
-from .exceptions import AvatarIMError
+from .exceptions import AskTimeout, AvatarIMError
+from .inbox import Answer
+from .messages import Message
 from .urls import redact_url
 
 __all__ = ["main", "sine_pcm"]
@@ -63,11 +65,12 @@ def _embedded_server(args: argparse.Namespace) -> Iterator[str]:
         yield server.url
 
 
-def _say(args: argparse.Namespace, text: str, **fields: Any) -> None:
+def _say(args: argparse.Namespace, line: str, /, **fields: Any) -> None:
+    """Print *line*, or with ``--json`` the *fields* as one JSON object."""
     if args.json:
         print(json.dumps(fields, ensure_ascii=False), flush=True)
     else:
-        print(text, flush=True)
+        print(line, flush=True)
 
 
 def _say_done(args: argparse.Namespace, client: AvatarIM) -> None:
@@ -82,13 +85,42 @@ def _say_done(args: argparse.Namespace, client: AvatarIM) -> None:
     )
 
 
-def _describe(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if not isinstance(content, dict):
-        return json.dumps(message, ensure_ascii=False)
-    kind = content.get("type", "?")
-    rest = {k: v for k, v in content.items() if k not in ("type", "sessionId")}
-    return f"{kind} {json.dumps(rest, ensure_ascii=False)}"
+def _describe(message: Message) -> str:
+    """One line for a received message: its family and the content beside type and session."""
+    rest = {k: v for k, v in message.content.items() if k not in ("type", "sessionId")}
+    name = message.family if message.family != "unknown" else f"unknown {message.type!r}"
+    return f"{name} {json.dumps(rest, ensure_ascii=False)}"
+
+
+def _show(args: argparse.Namespace, message: Message, **fields: Any) -> None:
+    """Print a received message (JSON: its family and raw envelope)."""
+    _say(
+        args,
+        f"<- {_describe(message)}",
+        event="received",
+        family=message.family,
+        message=dict(message.raw),
+        **fields,
+    )
+
+
+def _print_until(
+    args: argparse.Namespace, client: AvatarIM, done: Callable[[Message], bool], timeout: float
+) -> bool:
+    """Print what arrives until a message for which *done* holds; False after *timeout* idle.
+
+    With a *done* that never holds: print everything until *timeout* seconds pass idle.
+    """
+    from .exceptions import ReceiveTimeout
+
+    while True:
+        try:
+            message = client.receive(timeout)
+        except ReceiveTimeout:
+            return False
+        _show(args, message)
+        if done(message):
+            return True
 
 
 def _client(args: argparse.Namespace, url: str) -> AvatarIM:
@@ -109,22 +141,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         client.wait_connected(timeout)
         _say(args, f"connected to {client.url}", event="connected", url=client.url)
         mid = client.start_session(format="pcm", sample_rate=16000)
-        result = client.wait_session_ready(timeout)
-        client.receive(timeout)  # the startResult itself, also delivered to the pull API
-        _say(args, f"<- {_describe(result)}", event="received", message=result, reply_to=mid)
+        _show(args, client.wait_session_ready(timeout), reply_to=mid)
 
-        sent = [("text", client.send_text(args.text), args.text)]
-        clip = sine_pcm(args.audio_seconds)
-        sent.append(("audio", client.send_audio(clip), f"{len(clip)} bytes of PCM"))
-        for kind, message_id, what in sent:
-            _say(args, f"-> {kind}: {what}", event="sent", kind=kind, message_id=message_id)
-        for _ in sent:
-            reply = client.receive(timeout)
-            _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+        # A text: ask() returns the avatar's reply and, waited for, its broadcast.
+        _say(args, f"-> text: {args.text}", event="sent", kind="text", text=args.text)
+        answer = client.ask(args.text, timeout, wait_spoken=True)
+        for message in (answer.reply, answer.broadcast_start, answer.broadcast_end):
+            if message is not None:
+                _show(args, message, reply_to=answer.message_id)
+
+        # Audio: a tone, then silence, so that the service hears an utterance end.
+        clip = sine_pcm(args.audio_seconds) + bytes(2 * 16000 * 6 // 10)
+        message_id = client.send_audio(clip)
+        _say(
+            args,
+            f"-> audio: {args.audio_seconds:g} s of tone, 0.6 s of silence",
+            event="sent",
+            kind="audio",
+            message_id=message_id,
+        )
+        if not _print_until(args, client, lambda m: m.family == "broadcast_end", timeout):
+            _say(args, f"(no spoken answer to the audio within {timeout:g} s)", event="no_reply")
         client.stop_session()
         client.flush(timeout)
-        reply = client.receive(timeout)
-        _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+        _print_until(args, client, lambda m: m.family == "stop_result", min(timeout, 2.0))
         _say_done(args, client)
     return 0
 
@@ -168,20 +208,6 @@ class _ProgressBar:
             print(file=sys.stderr, flush=True)
 
 
-def _print_replies(args: argparse.Namespace, client: AvatarIM, wait: float) -> int:
-    """Print the replies received, waiting up to *wait* seconds for each; return how many."""
-    from .exceptions import ReceiveTimeout
-
-    count = 0
-    while True:
-        try:
-            reply = client.receive(wait)
-        except ReceiveTimeout:
-            return count
-        _say(args, f"<- {_describe(reply)}", event="received", message=reply)
-        count += 1
-
-
 def _cmd_send_audio(args: argparse.Namespace) -> int:
     """Stream an audio file to the avatar in chunks (at real-time pace by default); print replies.
 
@@ -199,9 +225,7 @@ def _cmd_send_audio(args: argparse.Namespace) -> int:
         client.wait_connected(timeout)
         _say(args, f"connected to {client.url}", event="connected", url=client.url)
         mid = client.start_session(format="pcm", sample_rate=args.sample_rate)
-        result = client.wait_session_ready(timeout)
-        client.receive(timeout)  # the startResult itself, also delivered to the pull API
-        _say(args, f"<- {_describe(result)}", event="received", message=result, reply_to=mid)
+        _show(args, client.wait_session_ready(timeout), reply_to=mid)
         pace = "real time" if args.realtime else "fast"
         _say(
             args,
@@ -224,7 +248,7 @@ def _cmd_send_audio(args: argparse.Namespace) -> int:
                     break
                 if bar is not None:
                     bar.clear()
-                _say(args, f"<- {_describe(reply)}", event="received", message=reply)
+                _show(args, reply)
             if bar is not None:
                 bar.update(stream.seconds_sent)
 
@@ -241,10 +265,10 @@ def _cmd_send_audio(args: argparse.Namespace) -> int:
             chunks=stream.chunks_sent,
             seconds=stream.seconds_sent,
         )
-        _print_replies(args, client, args.reply_wait)
+        _print_until(args, client, lambda m: False, args.reply_wait)
         client.stop_session()
         client.flush(timeout)
-        _print_replies(args, client, args.reply_wait)
+        _print_until(args, client, lambda m: False, args.reply_wait)
         _say_done(args, client)
     return 0
 
@@ -255,7 +279,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     Ctrl-D (end of input) ends the session cleanly: the session is stopped and
     every message acknowledged before the client closes.  Lines can be piped in.
     """
-    from .exceptions import ReceiveTimeout
 
     timeout = args.timeout
     interactive = sys.stdin.isatty() and not args.json
@@ -264,7 +287,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         _say(args, f"connected to {client.url}", event="connected", url=client.url)
         client.start_session(format="pcm", sample_rate=16000)
         client.wait_session_ready(timeout)
-        client.receive(timeout)  # the startResult itself, also delivered to the pull API
         _say(args, "session ready: type a line, Ctrl-D to end", event="ready")
         while True:
             try:
@@ -276,28 +298,22 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             text = line.strip()
             if not text:
                 continue
-            message_id = client.send_text(text)
+            if not interactive and not args.json:
+                print(f"you> {text}", flush=True)
+            answer: Answer | None = None
+            try:
+                answer = client.ask(text, timeout)
+                message_id = answer.message_id
+            except AskTimeout as exc:
+                print(f"avatar-im: no reply within {timeout:g} s", file=sys.stderr)
+                message_id = exc.message_id
             if args.json:  # not _say(): its own parameter is named "text"
                 sent = {"event": "sent", "kind": "text", "message_id": message_id, "text": text}
                 print(json.dumps(sent, ensure_ascii=False), flush=True)
-            elif not interactive:
-                print(f"you> {text}", flush=True)
-            while True:  # print what arrives until the reply to this line
-                try:
-                    reply = client.receive(timeout)
-                except ReceiveTimeout:
-                    print(f"avatar-im: no reply within {timeout:g} s", file=sys.stderr)
-                    break
-                content = reply.get("content")
-                if not isinstance(content, dict):
-                    content = {}
-                said = content.get("text")
-                if isinstance(said, str) and not args.json:
-                    print(f"avatar> {said}", flush=True)
-                else:
-                    _say(args, f"<- {_describe(reply)}", event="received", message=reply)
-                if content.get("replyTo") == message_id:
-                    break
+                if answer is not None:
+                    _show(args, answer.reply, reply_to=message_id)
+            elif answer is not None:
+                print(f"avatar> {answer.text}", flush=True)
         if interactive:
             print()
         client.stop_session()

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import logging
 import math
 import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import attrs
 
@@ -33,26 +32,34 @@ from .dispatch import Dispatcher
 from .exceptions import (
     AckError,
     AckTimeout,
+    AskTimeout,
     AudioFormatError,
     AvatarIMError,
     ClientClosedError,
     ConnectTimeout,
     ForkedClientError,
+    InterruptTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    MessageCancelledError,
     MessageDiscardedError,
     OutboxFullError,
     ReceiveTimeout,
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
+    SpeakingTimeout,
     UnknownMessageError,
 )
+from .families import UPSTREAM_BY_NAME
 from .ids import MessageIdFactory
-from .options import SessionOptions, refresh_fields
+from .inbox import Answer, AskClaim, Claim, Inbox, Listeners, family_names
+from .messages import InterruptResult, Message, Reply, ServerEvent, StartResult, from_envelope
+from .options import SessionOptions, check_json_value, refresh_fields
 from .protocol import (
     Accepted,
     Acked,
+    AckPolicy,
     ClientProtocol,
     Event,
     EventReceived,
@@ -69,7 +76,7 @@ from .urls import DEFAULT_URL, build_url, redact_url
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-__all__ = ["AvatarIM", "ClientStats"]
+__all__ = ["AvatarIM", "ClientStats", "InterruptReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +88,10 @@ MIN_HEARTBEAT = 0.01
 MessageCallback = Callable[[dict[str, Any]], object]
 AckErrorCallback = Callable[[AckError], object]
 StateCallback = Callable[[ConnectionState], object]
-Matcher = Callable[[dict[str, Any]], bool]
+Matcher = Callable[[Message], bool]
+ListenerT = TypeVar("ListenerT", bound=Callable[[Message], object])
+#: How interrupt() tells the service: a callable(session_id), or an IM message content.
+InterruptVia = Callable[[str], object] | Mapping[str, Any]
 
 
 class InstanceLike(Protocol):
@@ -98,9 +108,10 @@ class InstanceLike(Protocol):
 
 
 class RunningInstanceSource(Protocol):
-    """What renews an instance's token (``aliyun.AvatarOpenAPI``)."""
+    """What renews an instance's token and interrupts it (``aliyun.AvatarOpenAPI``)."""
 
     def query_running_instance(self, session_id: str) -> InstanceLike | None: ...
+    def interrupt(self, session_id: str) -> str: ...
 
 
 @attrs.frozen
@@ -122,6 +133,7 @@ class ClientStats:
     session_restarts: int
     callback_errors: int
     callbacks_dropped: int
+    messages_cancelled: int = 0  #: cut unwritten from the outbox by interrupt()
 
 
 def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
@@ -194,7 +206,8 @@ class AvatarIM:
         *openapi* (an :class:`~avatar_im.aliyun.AvatarOpenAPI`), the token is
         renewed through ``QueryRunningInstance`` when it expires; an instance
         that is no longer running ends the client with the provider's error.
-        Other keyword arguments go to :class:`AvatarIM`.
+        :meth:`interrupt` then tells the service through ``SendCommand``
+        ``INTERRUPT``.  Other keyword arguments go to :class:`AvatarIM`.
         """
         session_id = instance.session_id
         if url is None:
@@ -209,6 +222,9 @@ class AvatarIM:
                 return running.token
 
             options["token_provider"] = renew_token
+        if openapi is not None and "interrupt_via" not in options:
+            # The documented interrupt: the OpenAPI's SendCommand INTERRUPT.
+            options["interrupt_via"] = openapi.interrupt
         return cls(
             token=instance.token,
             app_id=instance.app_id,
@@ -247,8 +263,13 @@ class AvatarIM:
         verify_tls: bool = True,
         proxy: str | None = None,
         token_provider: Callable[[], str] | None = None,
+        ack_policy: AckPolicy | None = None,
+        interrupt_via: InterruptVia | None = None,
     ) -> None:
         _require_callable("token_provider", token_provider)
+        if ack_policy is not None and not isinstance(ack_policy, AckPolicy):
+            raise InvalidArgumentTypeError("ack_policy must be an AckPolicy or None")
+        interrupt_via = _check_interrupt_via(interrupt_via)
         if token is None and token_provider is None:
             raise InvalidArgumentError("pass token=..., or token_provider=... to fetch one")
         if token is not None:
@@ -323,13 +344,14 @@ class AvatarIM:
         self.on_ack_error = on_ack_error
         self.on_state = on_state
 
-        # The pull API's buffers; _inbox_lock guards both deques and _inbound_dropped.
-        # Bounded: when full the oldest entry goes, counted and logged.
-        self._inbox_lock = threading.Condition()
-        self._messages: collections.deque[dict[str, Any]] = collections.deque()
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
-        self._receive_buffer = receive_buffer
-        self._inbound_dropped = 0
+        # What the server sent: typed values for the pull API, ask() and interrupt()
+        # claims and the speaking state (see .inbox; its own lock).
+        self._inbox = Inbox(receive_buffer)
+        # The on()/off() registry (see .inbox.Listeners).
+        self._listeners = Listeners()
+        # Serialises ask(): one ask at a time per client (see AskClaim for the rule).
+        self._ask_lock = threading.Lock()
+        self._interrupt_via = interrupt_via
 
         protocol = ClientProtocol(
             app_id=app_id,
@@ -340,6 +362,7 @@ class AvatarIM:
             dedupe_capacity=dedupe_capacity,
             dedupe_max_bytes=dedupe_max_bytes,
             id_factory=id_factory,
+            ack_policy=ack_policy,
         )
         self._connection = Connection(
             protocol,
@@ -380,6 +403,7 @@ class AvatarIM:
         # on a live client changes nothing (it never resets a session or an outbox).
         if self._connection.start(prepare=lambda p: p.reopen()):
             self._opened = True
+            self._inbox.reopen()
         if timeout is not None:
             self.wait_connected(timeout)
 
@@ -412,15 +436,13 @@ class AvatarIM:
         self._stop_audio_streams(join=False)  # signal first: no chunk starts after this
         self._connection.close(timeout=0.7)
         self._stop_audio_streams(join=True, timeout=max(0.0, deadline - time.monotonic() - 0.2))
-        with self._inbox_lock:
-            self._inbox_lock.notify_all()
+        self._inbox.wake(closed=True)
         self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: fresh locks, no threads; the connection refuses use (see .forks)."""
-        self._inbox_lock = threading.Condition()
-        self._messages.clear()  # the parent's to process, not ours
-        self._events.clear()
+        self._inbox.after_fork_in_child()  # the parent's to process, not ours
+        self._ask_lock = threading.Lock()
         self._audio_lock = threading.Lock()
         self._audio_streams = set()
         self._dispatcher.after_fork_in_child()
@@ -434,9 +456,14 @@ class AvatarIM:
         return self._connection.session_ready
 
     @property
-    def start_result(self) -> dict[str, Any] | None:
-        """The envelope of the current session's ``startResult``, once it arrived."""
-        return self._connection.locked(lambda p: p.start_result)
+    def start_result(self) -> StartResult | None:
+        """The current session's ``startResult``, once it arrived."""
+        envelope = self._connection.locked(lambda p: p.start_result)
+        if envelope is None:
+            return None
+        result = from_envelope(envelope)
+        assert isinstance(result, StartResult)
+        return result
 
     def __enter__(self) -> AvatarIM:
         return self
@@ -486,11 +513,12 @@ class AvatarIM:
                 garbage_frames=c.garbage_frames,
                 duplicates_dropped=c.duplicates_dropped,
                 pings_sent=c.pings_sent,
-                inbound_dropped=self._inbound_dropped,
+                inbound_dropped=self._inbox.dropped,
                 rate_limited=c.rate_limited,
                 session_restarts=connection.protocol.session_restarts,
                 callback_errors=self._dispatcher.errors,
                 callbacks_dropped=self._dispatcher.dropped,
+                messages_cancelled=c.cancelled,
             )
 
     @property
@@ -513,8 +541,8 @@ class AvatarIM:
         session_options = SessionOptions.from_kwargs(options)
         return self._submit(lambda p: p.start_session(session_options, _now_ms()))
 
-    def wait_session_ready(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for ``startResult`` and return its envelope.
+    def wait_session_ready(self, timeout: float | None = None) -> StartResult:
+        """Wait for ``startResult`` and return it (it is then not also returned by receive()).
 
         Raises :class:`SessionReadyTimeout` after *timeout* seconds,
         :class:`SessionStartError` if the server refused the start, and
@@ -529,7 +557,11 @@ class AvatarIM:
             error = connection.protocol.start_error
             result = connection.protocol.start_result
         if state is SessionState.READY and result is not None:
-            return result
+            typed = from_envelope(result)
+            if typed.message_id is not None:
+                self._inbox.discard(typed.message_id)
+            assert isinstance(typed, StartResult)
+            return typed
         if state is SessionState.FAILED:
             raise SessionStartError(
                 f"the server refused to start the session: {error!r}", error=error
@@ -549,6 +581,181 @@ class AvatarIM:
         content = {"type": "refreshContext", "sessionId": self.session_id, **fields}
         return self._submit_message(content, session=True)
 
+    def suspend_session(self) -> str:
+        """Send ``suspend`` (modelled: the original's first versions); returns its id."""
+        return self._session_command("suspend")
+
+    def recover_session(self) -> str:
+        """Send ``recover`` (modelled: the original's first versions); returns its id."""
+        return self._session_command("recover")
+
+    def _session_command(self, name: str) -> str:
+        content = {"type": UPSTREAM_BY_NAME[name].wire_type, "sessionId": self.session_id}
+        return self._submit_message(content, session=True)
+
+    # ---------------------------------------------------------- conversation
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the avatar is speaking now: a broadcast started and has not ended.
+
+        Follows ``broadcast_start`` and ``broadcast_end`` (an interrupt result
+        or a stop result ends it too; so does closing).
+        """
+        return self._inbox.speaking
+
+    def wait_until_quiet(self, timeout: float | None = None) -> None:
+        """Wait until the avatar is not speaking; raise :class:`SpeakingTimeout` after *timeout*."""
+        timeout = _require_timeout("timeout", timeout)
+        self._not_on_reader("wait_until_quiet")
+        if not self._inbox.wait_quiet(timeout):
+            self._raise_if_closed()
+            raise SpeakingTimeout(f"the avatar was still speaking after {timeout}s")
+
+    def ask(self, text: str, timeout: float | None = 30.0, *, wait_spoken: bool = False) -> Answer:
+        """Send *text* and return the avatar's reply to it.
+
+        The reply to an asked text is the first ``reply`` message that arrives
+        after the text was queued; asks take turns, one at a time per client
+        (a second thread's ask waits for the first's reply), so that each
+        gets the reply to its own text.  Replies are not correlated by any
+        field (the service publishes none): a text sent with :meth:`send_text`
+        while an ask waits may have its reply taken by the ask.  With
+        *wait_spoken*, also wait for the broadcast of the reply to end and
+        return its start and end.  What an ask returns is not also returned by
+        :meth:`receive`.
+
+        *timeout* bounds the whole call, the wait for the turn included:
+        :class:`AskTimeout` (a :class:`ReceiveTimeout`) after it; the text was
+        sent all the same, and a reply that comes late goes to :meth:`receive`.
+        """
+        _require_str("text", text)
+        timeout = _require_timeout("timeout", timeout)
+        if not isinstance(wait_spoken, bool):
+            raise InvalidArgumentTypeError("wait_spoken must be a bool")
+        self._not_on_reader("ask")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._raise_if_closed()
+        if not self._ask_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise AskTimeout(f"another ask() held the turn for {timeout}s", message_id="")
+        try:
+            claim = AskClaim(self._inbox.position())
+            self._inbox.open_claim(claim)
+            try:
+                message_id = self.send_text(text)
+            except BaseException:
+                self._inbox.close_claim(claim)
+                raise
+
+            def done() -> bool:
+                return claim.taken is not None and (not wait_spoken or claim.end is not None)
+
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            got = self._inbox.wait(done, left)
+            if claim.taken is None:
+                self._inbox.close_claim(claim)
+                if not got:
+                    self._raise_if_closed()
+                raise AskTimeout(
+                    f"no reply to {message_id} within {timeout}s", message_id=message_id
+                )
+            reply = claim.taken
+            assert isinstance(reply, Reply)
+            if wait_spoken and claim.end is None:
+                self._raise_if_closed()
+                raise AskTimeout(
+                    f"the reply to {message_id} was not spoken to its end within {timeout}s",
+                    message_id=message_id,
+                )
+            return Answer(
+                message_id,
+                reply,
+                claim.start if wait_spoken else None,
+                claim.end if wait_spoken else None,
+            )
+        finally:
+            self._ask_lock.release()
+
+    def interrupt(
+        self,
+        timeout: float | None = 5.0,
+        *,
+        include_text: bool = False,
+        stop_streams: bool = True,
+    ) -> InterruptReport:
+        """Stop the avatar: stop the audio streams, cut what is unsent, tell the service.
+
+        1. With *stop_streams*, every running :meth:`stream_audio` of this
+           client stops (pause a :class:`~avatar_im.Microphone` instead and
+           pass ``stop_streams=False`` to keep it).
+        2. The audio (and with *include_text*, the text) not yet written to
+           the socket is cut from the outbox: the report lists the ids and the
+           seconds of audio; :meth:`wait_ack` on one raises
+           :class:`MessageCancelledError`.
+        3. The service is told as ``interrupt_via`` says: a callable (for a
+           client made by :meth:`from_instance` with ``openapi``, the
+           OpenAPI's ``SendCommand`` ``INTERRUPT``) is called with the session
+           id, and its return is the confirmation; a mapping is sent as an IM
+           message and confirmed by the next ``interrupt_result``.  Without
+           ``interrupt_via`` the service is not told: the report says so.
+
+        Returns the :class:`InterruptReport`; raises :class:`InterruptTimeout`
+        (carrying the report) when the service did not confirm in *timeout*.
+        """
+        timeout = _require_timeout("timeout", timeout)
+        for name, flag in (("include_text", include_text), ("stop_streams", stop_streams)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        self._not_on_reader("interrupt")
+        self._raise_if_closed()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stopped = self._stop_audio_streams(join=True, timeout=1.0) if stop_streams else 0
+        kinds = frozenset({"audio", "text"} if include_text else {"audio"})
+        connection = self._connection
+        with connection.lock:
+            cut = connection.protocol.cancel_unwritten(kinds)
+            connection.room.notify_all()
+        report = InterruptReport(
+            cancelled=tuple(key for key, _, _ in cut),
+            cancelled_audio=tuple(key for key, kind, _ in cut if kind == "audio"),
+            cancelled_text=tuple(key for key, kind, _ in cut if kind == "text"),
+            audio_seconds=sum(seconds for _, _, seconds in cut),
+            streams_stopped=stopped,
+        )
+        if cut:
+            logger.info(
+                "interrupt: cut %d unsent message(s) (%.2fs of audio)",
+                len(cut),
+                report.audio_seconds,
+            )
+        via = self._interrupt_via
+        if via is None:
+            return report
+        if callable(via):
+            via(self.session_id)
+            return attrs.evolve(report, service_told=True, via="callable")
+        claim = Claim(frozenset({"interrupt_result"}), self._inbox.position())
+        self._inbox.open_claim(claim)
+        try:
+            message_id = self._submit_message({**via, "sessionId": self.session_id}, session=True)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._inbox.wait(lambda: claim.taken is not None, left)
+        finally:
+            self._inbox.close_claim(claim)
+        told = attrs.evolve(report, service_told=True, via="im", message_id=message_id)
+        if claim.taken is not None:
+            assert isinstance(claim.taken, InterruptResult)
+            return attrs.evolve(told, result=claim.taken)
+        self._raise_if_closed()
+        outcome, error = connection.locked(lambda p: p.outcome(message_id))
+        if outcome is Outcome.REFUSED:
+            raise AckError(
+                f"the server refused the interrupt {message_id}: {error!r}",
+                message_id=message_id,
+                error=error,
+            )
+        raise InterruptTimeout(f"no interrupt result within {timeout}s", report=told)
+
     # ----------------------------------------------------------------- sends
 
     def send_text(self, text: str) -> str:
@@ -559,7 +766,7 @@ class AvatarIM:
         except UnicodeEncodeError as exc:
             raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
         content = {"type": "dataSend", "sessionId": self.session_id, "text": text}
-        return self._submit_message(content, session=True)
+        return self._submit_message(content, session=True, kind="text")
 
     def send_audio(
         self,
@@ -578,9 +785,11 @@ class AvatarIM:
         audio raises :class:`AudioFormatError` and nothing is sent.  For a
         whole file or long audio, use :meth:`stream_audio`.
         """
-        encoded = self._audio_base64(data, base64)
+        encoded, size = self._audio_base64(data, base64)
         content = {"type": "dataSend", "sessionId": self.session_id, "audio": encoded}
-        return self._submit_message(content, session=True)
+        options = self._connection.protocol.session_options or SessionOptions()
+        seconds = size / (audio.BYTES_PER_SAMPLE * options.sample_rate)
+        return self._submit_message(content, session=True, kind="audio", audio_seconds=seconds)
 
     def stream_audio(
         self,
@@ -690,13 +899,14 @@ class AvatarIM:
             stream.run()
         return stream
 
-    def _stop_audio_streams(self, *, join: bool, timeout: float = 0.5) -> None:
-        """Stop the running audio streams; with *join*, wait up to *timeout* for them all."""
+    def _stop_audio_streams(self, *, join: bool, timeout: float = 0.5) -> int:
+        """Stop the running audio streams (with *join*, wait up to *timeout*); return how many."""
         with self._audio_lock:
             streams = list(self._audio_streams)
         deadline = time.monotonic() + timeout
         for stream in streams:
             stream.stop(timeout=max(0.0, deadline - time.monotonic()) if join else 0)
+        return len(streams)
 
     def send_message(self, content: Any) -> str:
         """Send *content* wrapped in the business envelope; returns the message id."""
@@ -709,7 +919,8 @@ class AvatarIM:
         _require_str("frame", frame)
         return self._submit(lambda p: p.send_raw(frame, self._max_message_size))
 
-    def _audio_base64(self, data: object, encoded: object) -> str:
+    def _audio_base64(self, data: object, encoded: object) -> tuple[str, int]:
+        """Check one chunk; return its base64 text and its size in bytes of samples."""
         if (data is None) == (encoded is None):
             raise InvalidArgumentError("pass exactly one of data (bytes or array) or base64 (str)")
         if encoded is not None:
@@ -720,20 +931,21 @@ class AvatarIM:
             except (binascii.Error, ValueError):
                 raise InvalidArgumentError("base64 is not a valid base64 string") from None
             self._check_pcm(raw)
-            return encoded
+            return encoded, _sample_bytes(raw)
         if audio.is_array(data):
             raw = audio.chunk_to_pcm(data)
+            size = len(raw)
             options = self._connection.protocol.session_options
             if options is not None and options.format == "wav":
                 raw = audio.wav_bytes(raw, options.sample_rate)
-            return base64_encode(raw)
+            return base64_encode(raw), size
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidArgumentTypeError(
                 f"audio data must be bytes or a NumPy array, got {type(data).__name__}"
             )
         raw = bytes(data)
         self._check_pcm(raw)
-        return base64_encode(raw)
+        return base64_encode(raw), _sample_bytes(raw)
 
     def _check_pcm(self, raw: bytes) -> None:
         if not raw:
@@ -742,12 +954,16 @@ class AvatarIM:
         if (options is None or options.format == "pcm") and len(raw) % audio.BYTES_PER_SAMPLE:
             raise AudioFormatError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
 
-    def _submit_message(self, content: Any, *, session: bool) -> str:
+    def _submit_message(
+        self, content: Any, *, session: bool, kind: str = "", audio_seconds: float = 0.0
+    ) -> str:
         """Encode *content* off the lock, then queue it (as session data if *session*)."""
         protocol = self._connection.protocol
         prepared = protocol.prepare(content, _now_ms(), self._max_message_size)
         if session:
-            return self._submit(lambda p: p.session_message(prepared))
+            return self._submit(
+                lambda p: p.session_message(prepared, kind=kind, audio_seconds=audio_seconds)
+            )
         return self._submit(lambda p: p.send_message(prepared))
 
     def _submit(self, command: Callable[[ClientProtocol], T_id]) -> T_id:
@@ -801,7 +1017,8 @@ class AvatarIM:
 
         Raises :class:`AckError` if the server refused it, :class:`AckTimeout`
         if no ack came within *timeout* seconds, :class:`MessageDiscardedError`
-        if it was dropped unacknowledged by :meth:`close`, and
+        if it was dropped unacknowledged by :meth:`close`,
+        :class:`MessageCancelledError` if :meth:`interrupt` cut it unsent, and
         :class:`UnknownMessageError` for an id this client did not send (or
         whose outcome it no longer remembers: the last
         ``max(4096, max_outbox)`` outcomes are kept).
@@ -828,6 +1045,11 @@ class AvatarIM:
                 + (f": {failure}" if failure is not None else ""),
                 message_id=message_id,
             ) from failure
+        if outcome is Outcome.CANCELLED:
+            raise MessageCancelledError(
+                f"{message_id} was cut from the outbox unsent by interrupt()",
+                message_id=message_id,
+            )
         if outcome is Outcome.UNKNOWN:
             raise UnknownMessageError(
                 f"{message_id} was not sent by this client, or is too old to be remembered",
@@ -867,29 +1089,43 @@ class AvatarIM:
     # --------------------------------------------------------------- inbound
 
     def receive(
-        self, timeout: float | None = None, *, match: Matcher | None = None
-    ) -> dict[str, Any]:
-        """Return the next business message from the server (its envelope), waiting if needed.
+        self,
+        timeout: float | None = None,
+        *,
+        family: str | Iterable[str] | None = None,
+        match: Matcher | None = None,
+    ) -> Message:
+        """Return the next business message from the server, typed, waiting if needed.
 
-        With *match*, return the oldest message for which ``match(message)`` is
-        true and leave the others buffered for other callers: several threads
-        can each wait for their own reply, for example
-        ``receive(5, match=lambda m: m["content"].get("replyTo") == message_id)``.
-        *match* runs with the receive buffer locked: keep it a quick, pure test
-        of the message.
+        The value is of its family's class (:mod:`avatar_im.messages`: a
+        :class:`~avatar_im.messages.Reply`, an
+        :class:`~avatar_im.messages.AsrText`, ...), with the raw envelope in
+        ``.raw`` (``message["content"]`` reads it too).  With *family* (a name
+        or several, see :meth:`on`), return the oldest message of those
+        families; with *match*, the oldest for which ``match(message)`` is
+        true.  The others stay buffered for other callers.  *match* runs with
+        the receive buffer locked: keep it a quick, pure test of the message.
 
-        Raises :class:`ReceiveTimeout` after *timeout* seconds and
-        :class:`ClientClosedError` once the client is closed and nothing is left.
+        What :meth:`ask`, :meth:`interrupt` and :meth:`wait_session_ready`
+        return is theirs: it is not also returned here.  Raises
+        :class:`ReceiveTimeout` after *timeout* seconds and
+        :class:`ClientClosedError` once the client is closed and nothing that
+        fits is left.
         """
-        return self._pull(self._messages, timeout, match)
+        return self._pull(False, timeout, family, match)
 
     def receive_event(
-        self, timeout: float | None = None, *, match: Matcher | None = None
-    ) -> dict[str, Any]:
+        self,
+        timeout: float | None = None,
+        *,
+        match: Matcher | None = None,
+    ) -> ServerEvent:
         """Return the next event (packet ``7``) from the server, waiting if needed."""
-        return self._pull(self._events, timeout, match)
+        event = self._pull(True, timeout, None, match)
+        assert isinstance(event, ServerEvent)
+        return event
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Message]:
         """Yield business messages as they arrive, until the client is closed."""
         while True:
             try:
@@ -901,63 +1137,82 @@ class AvatarIM:
 
     def _pull(
         self,
-        buffer: collections.deque[dict[str, Any]],
+        events: bool,
         timeout: float | None,
+        family: str | Iterable[str] | None,
         match: Matcher | None,
-    ) -> dict[str, Any]:
+    ) -> Message:
         timeout = _require_timeout("timeout", timeout)
         _require_callable("match", match)
+        wanted = None if family is None else family_names(family)
         if self._connection.on_reader_thread():
             timeout = 0  # never a wait on the thread that fills the buffer
-        found: list[dict[str, Any]] = []
-
-        def ready() -> bool:
-            if match is None:
-                if buffer:
-                    found.append(buffer.popleft())
-            else:
-                # The oldest match, found and removed in one pass (the buffer is bounded).
-                for index, item in enumerate(buffer):
-                    if match(item):
-                        del buffer[index]
-                        found.append(item)
-                        break
-            return bool(found) or self.closed
-
-        with self._inbox_lock:
-            if not self._inbox_lock.wait_for(ready, timeout):
-                raise ReceiveTimeout(f"nothing received within {timeout}s")
-            if found:
-                return found[0]
+        found = self._inbox.pull(
+            events=events,
+            timeout=timeout,
+            wanted=wanted,
+            match=match,
+            closed=lambda: self.closed,
+        )
+        if found is not None:
+            return found
+        if not self.closed:
+            raise ReceiveTimeout(f"nothing received within {timeout}s")
         self._raise_if_closed()
         raise ClientClosedError("the client is closed")  # pragma: no cover - closed above
 
-    def _buffer(self, buffer: collections.deque[dict[str, Any]], item: dict[str, Any]) -> None:
-        with self._inbox_lock:
-            if len(buffer) >= self._receive_buffer:
-                buffer.popleft()
-                self._inbound_dropped += 1
-                if self._inbound_dropped == 1 or self._inbound_dropped % 1000 == 0:
-                    logger.warning(
-                        "receive buffer full (%d): dropped the oldest (%d so far); "
-                        "call receive() or raise receive_buffer",
-                        self._receive_buffer,
-                        self._inbound_dropped,
-                    )
-            buffer.append(item)
-            self._inbox_lock.notify_all()
+    # ----------------------------------------------------------- listeners
+
+    @overload
+    def on(self, family: str | Iterable[str]) -> Callable[[ListenerT], ListenerT]: ...
+    @overload
+    def on(self, family: str | Iterable[str], callback: ListenerT) -> ListenerT: ...
+
+    def on(
+        self, family: str | Iterable[str], callback: ListenerT | None = None
+    ) -> ListenerT | Callable[[ListenerT], ListenerT]:
+        """Call *callback(message)* for every message of *family* (a name or several).
+
+        Use it as a call, ``client.on("reply", show)``, or as a decorator,
+        ``@client.on("reply")``; it returns the callback.  Families: the
+        table's (``"reply"``, ``"asr"``, ``"broadcast_start"``,
+        ``"broadcast_end"``, ``"interrupt_result"``, ``"start_result"``, ...;
+        see :mod:`avatar_im.families`), ``"message"`` for every business
+        message, ``"event"`` for every event (packet ``7``) and ``"unknown"``
+        for types not in the table.  Callbacks get the typed value and run on
+        the callback thread, in order, after the constructor's ``on_message``;
+        safe from any thread, from callbacks too.
+        """
+        names = family_names(family)
+        if callback is None:
+
+            def register(fn: ListenerT) -> ListenerT:
+                return self.on(names, fn)
+
+            return register
+        _require_callable("callback", callback)
+        self._listeners.add(names, callback)
+        return callback
+
+    def off(self, family: str | Iterable[str], callback: Callable[[Message], object]) -> bool:
+        """Stop calling *callback* for *family*; return whether it was registered."""
+        names = family_names(family)
+        _require_callable("callback", callback)
+        return self._listeners.remove(names, callback)
 
     # ----------------------------------------------------------- the reader
 
     def _handle_events(self, events: list[Event]) -> None:
-        """Called on the reader thread, no lock held: feed buffers, queue callbacks.
+        """Called on the reader thread, no lock held: feed the inbox, queue callbacks.
 
         Never runs application code here (see :mod:`.dispatch`).
         """
         for event in events:
             if isinstance(event, MessageReceived):
-                self._buffer(self._messages, event.message)
+                message = self._inbox.deliver_message(event.message)
                 self._callback(self.on_message, event.message)
+                for listener in self._listeners.for_message(message):
+                    self._dispatcher.call(listener, message)
             elif isinstance(event, SessionReady):
                 logger.debug("session %s ready", self.session_id)
             elif isinstance(event, Acked):
@@ -972,8 +1227,10 @@ class AvatarIM:
                     else:
                         logger.warning("%s", error)
             elif isinstance(event, EventReceived):
-                self._buffer(self._events, event.event)
+                server_event = self._inbox.deliver_event(event.event)
                 self._callback(self.on_event, event.event)
+                for listener in self._listeners.for_message(server_event):
+                    self._dispatcher.call(listener, server_event)
             elif isinstance(event, GarbageReceived):
                 logger.warning("dropped a bad frame (%d chars): %s", event.size, event.error)
             elif isinstance(event, SessionLost):
@@ -987,8 +1244,7 @@ class AvatarIM:
         """Called on each state change, in order, no lock held: queue, never run, on_state."""
         logger.debug("state: %s", state.value)
         if state is ConnectionState.CLOSED:
-            with self._inbox_lock:
-                self._inbox_lock.notify_all()
+            self._inbox.wake(closed=True)
         self._callback(self.on_state, state)
 
     def _callback(self, callback: Callable[[Any], object] | None, argument: Any) -> None:
@@ -1037,6 +1293,44 @@ def _transport_options(
         options["proxy"] = parsed
     # Without proxy=..., the environment's http_proxy / https_proxy / no_proxy apply.
     return options
+
+
+def _sample_bytes(raw: bytes) -> int:
+    """The bytes of samples in a chunk: a WAV chunk's 44-byte header holds none."""
+    if raw.startswith(b"RIFF"):
+        return max(0, len(raw) - audio.WAV_HEADER_BYTES)
+    return len(raw)
+
+
+def _check_interrupt_via(value: object) -> InterruptVia | None:
+    """Validate ``interrupt_via``: None, a callable, or an IM content mapping with a type."""
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentTypeError(
+            "interrupt_via must be None, a callable(session_id) or a message content mapping"
+        )
+    if not isinstance(value.get("type"), str) or not value["type"]:
+        raise InvalidArgumentError(
+            "interrupt_via needs a string 'type', like families.MODELLED_INTERRUPT"
+        )
+    check_json_value("interrupt_via", value)
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class InterruptReport:
+    """What :meth:`AvatarIM.interrupt` did: what it cut, and whether the service was told."""
+
+    cancelled: tuple[str, ...] = ()  #: every message id cut from the outbox, in send order
+    cancelled_audio: tuple[str, ...] = ()  #: the audio chunks among them
+    cancelled_text: tuple[str, ...] = ()  #: the texts among them (``include_text=True``)
+    audio_seconds: float = 0.0  #: the seconds of audio cut
+    streams_stopped: int = 0  #: how many running audio streams were stopped
+    service_told: bool = False  #: whether the service was told (``interrupt_via``)
+    via: str | None = None  #: ``"callable"`` or ``"im"``, when told
+    message_id: str | None = None  #: the IM interrupt message's id (``via="im"``)
+    result: InterruptResult | None = None  #: the service's interrupt result (``via="im"``)
 
 
 def _now_ms() -> int:

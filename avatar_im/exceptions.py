@@ -26,10 +26,14 @@ may catch either (``except TimeoutError`` still works)::
     │   ├── AckError                         the server acked a message with ``error``
     │   ├── AckTimeout (TimeoutError)
     │   ├── MessageDiscardedError            dropped unacked by close() (a ClientClosedError too)
+    │   ├── MessageCancelledError            cut unwritten from the outbox by interrupt()
     │   └── UnknownMessageError (LookupError)  an id this client did not send, or forgot
     ├── LifecycleError (RuntimeError)        an illegal connection state change (a bug)
     ├── OutboxFullError                      the outbox stayed full past the timeout
     ├── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
+    │   └── AskTimeout                       no reply to ask() in time
+    ├── InterruptTimeout (TimeoutError)      the service did not confirm interrupt() in time
+    ├── SpeakingTimeout (TimeoutError)       the avatar was still speaking after the wait
     ├── AudioStreamError                     an audio stream failed after sending some chunks
     └── AudioDeviceError                     the microphone could not be opened or went silent
 
@@ -41,6 +45,7 @@ from __future__ import annotations
 __all__ = [
     "AckError",
     "AckTimeout",
+    "AskTimeout",
     "AudioDeviceError",
     "AudioFormatError",
     "AudioStreamError",
@@ -53,9 +58,11 @@ __all__ = [
     "DeliveryError",
     "ForkedClientError",
     "HandshakeError",
+    "InterruptTimeout",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "LifecycleError",
+    "MessageCancelledError",
     "MessageDiscardedError",
     "OutboxFullError",
     "ProtocolError",
@@ -65,6 +72,7 @@ __all__ = [
     "SessionNotStartedError",
     "SessionReadyTimeout",
     "SessionStartError",
+    "SpeakingTimeout",
     "TokenProviderError",
     "UnknownMessageError",
 ]
@@ -201,6 +209,14 @@ class MessageDiscardedError(DeliveryError, ClientClosedError):
         self.message_id = message_id
 
 
+class MessageCancelledError(DeliveryError):
+    """:attr:`message_id` was cut from the outbox, never written, by ``interrupt()``."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
 class UnknownMessageError(DeliveryError, LookupError):
     """:attr:`message_id` was not sent by this client, or its outcome is no longer remembered."""
 
@@ -215,6 +231,26 @@ class OutboxFullError(AvatarIMError):
 
 class ReceiveTimeout(AvatarIMError, TimeoutError):
     """The pull API waited its timeout and nothing arrived."""
+
+
+class AskTimeout(ReceiveTimeout):
+    """``ask()`` got no reply within its timeout; :attr:`message_id` is the text's id."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class InterruptTimeout(AvatarIMError, TimeoutError):
+    """The service did not confirm ``interrupt()`` in time; :attr:`report` says what was cut."""
+
+    def __init__(self, message: str, *, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class SpeakingTimeout(AvatarIMError, TimeoutError):
+    """The avatar was still speaking when ``wait_until_quiet()`` gave up."""
 
 
 class AudioFormatError(InvalidArgumentError):

@@ -7,6 +7,9 @@ camelCase, string-valued mapping the original sends.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -34,6 +37,53 @@ _WIRE_NAMES = {
     "format": "format",
     "sample_rate": "sampleRate",
 }
+#: Options the original passes through unchecked, by their Python names.
+PASS_THROUGH = {
+    "voice": "voice",
+    "emotion": "emotion",
+    "character_code": "characterCode",
+    "ext_info": "extInfo",
+}
+#: How deeply a pass-through value may nest.
+MAX_DEPTH = 32
+
+
+def check_json_value(name: str, value: object, depth: int = 0) -> None:
+    """Refuse what is not a JSON value: non-finite numbers, non-string keys, other types."""
+    if depth > MAX_DEPTH:
+        raise InvalidArgumentError(f"{name} nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgumentTypeError(f"{name} has a key that is not a str: {key!r}")
+            check_json_value(f"{name}[{key!r}]", item, depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_json_value(f"{name}[{index}]", item, depth + 1)
+        return
+    raise InvalidArgumentTypeError(f"{name} must be a JSON value, got {type(value).__name__}")
+
+
+def _extra(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentTypeError(f"extra must be a mapping, got {type(value).__name__}")
+    reserved = {"type", "sessionId", *_WIRE_NAMES.values()}
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentTypeError(f"extra keys must be non-empty str, got {key!r}")
+        if key in reserved:
+            raise InvalidArgumentError(
+                f"extra[{key!r}] is set by the client: use the matching option instead"
+            )
+    check_json_value("extra", value)
+    return MappingProxyType(dict(value))
 
 
 def _one_of(choices: tuple[str, ...]) -> Any:
@@ -80,20 +130,34 @@ class SessionOptions:
     video_open: str = attrs.field(default="0", converter=_video_open)
     format: str = attrs.field(default="pcm", validator=_one_of(FORMATS))
     sample_rate: int = attrs.field(default=16000, converter=_sample_rate)
+    #: Pass-through keys, sent after the six as given (``voice``, ``characterCode``, ...).
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_extra)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SessionOptions:
-        """Build from keyword arguments, naming any unknown option in the error."""
+        """Build from keyword arguments, naming any unknown option in the error.
+
+        Beside the six checked options: ``voice``, ``emotion``,
+        ``character_code`` and ``ext_info`` (sent as ``voice``, ``emotion``,
+        ``characterCode``, ``extInfo``), and ``extra``, a mapping of any other
+        wire keys.  Their values must be JSON values.
+        """
+        options = dict(options)
+        extra = dict(_extra(options.pop("extra", {})))
+        for name, wire in PASS_THROUGH.items():
+            if name in options:
+                extra[wire] = options.pop(name)
         unknown = sorted(set(options) - set(_WIRE_NAMES))
         if unknown:
+            known = [*_WIRE_NAMES, *PASS_THROUGH, "extra"]
             raise InvalidArgumentError(
-                f"unknown session option(s) {', '.join(unknown)}; known: {', '.join(_WIRE_NAMES)}"
+                f"unknown session option(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
-        return cls(**options)
+        return cls(**options, extra=extra)
 
-    def to_wire(self) -> dict[str, str]:
-        """Return the camelCase mapping with string values, in the original's key order."""
-        return {
+    def to_wire(self) -> dict[str, Any]:
+        """Return the camelCase mapping, in the original's key order, pass-through keys last."""
+        wire: dict[str, Any] = {
             "dialogMode": self.dialog_mode,
             "duplexMode": self.duplex_mode,
             "outputMode": self.output_mode,
@@ -101,9 +165,14 @@ class SessionOptions:
             "format": self.format,
             "sampleRate": str(self.sample_rate),
         }
+        wire.update(self.extra)
+        return wire
 
 
-def refresh_fields(options: dict[str, Any]) -> dict[str, str]:
+def refresh_fields(options: dict[str, Any]) -> dict[str, Any]:
     """Validate the options given to ``refresh_context`` and return only those, on the wire."""
-    full = SessionOptions.from_kwargs(options).to_wire()
-    return {_WIRE_NAMES[name]: full[_WIRE_NAMES[name]] for name in options}
+    parsed = SessionOptions.from_kwargs(options)
+    full = parsed.to_wire()
+    fields = {_WIRE_NAMES[name]: full[_WIRE_NAMES[name]] for name in options if name in _WIRE_NAMES}
+    fields.update(parsed.extra)
+    return fields

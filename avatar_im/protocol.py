@@ -48,6 +48,7 @@ from .packets import Packet, PacketType
 
 __all__ = [
     "OUTCOME_MEMORY",
+    "AckPolicy",
     "Acked",
     "Accepted",
     "ClientProtocol",
@@ -84,11 +85,13 @@ class Outcome(enum.Enum):
     DELIVERED = "delivered"  #: acknowledged (or written, when no ack is awaited)
     REFUSED = "refused"  #: acknowledged with an error
     DISCARDED = "discarded"  #: dropped unacknowledged when the client closed
+    CANCELLED = "cancelled"  #: cut from the outbox, never written, by interrupt()
     UNKNOWN = "unknown"  #: never sent by this client, or too old to be remembered
 
 
 _DELIVERED = object()
 _DISCARDED = object()
+_CANCELLED = object()
 
 
 def _check_size(frame: str, max_size: int | None) -> None:
@@ -203,6 +206,39 @@ Event = (
 Prepared = tuple[str, str]
 
 
+def _error_names(value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, (set, frozenset, list, tuple)):
+        raise InvalidArgumentError("ack error values must be given as a set of strings")
+    if not all(isinstance(item, str) and item for item in value):
+        raise InvalidArgumentError("ack error values must be non-empty strings")
+    return frozenset(value)
+
+
+def _pause(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 60:
+        raise InvalidArgumentError(f"{attribute.name} must be between 0 and 60 seconds")
+
+
+@attrs.frozen(kw_only=True)
+class AckPolicy:
+    """How the client reacts to ack errors, by their values.
+
+    No public page lists the service's ack errors; the defaults are the
+    reference server's own (see ``docs/protocol.md``).  *session_lost*: the
+    server no longer knows the session; the client starts it again and resends.
+    *rate_limited*: "too fast, not processed"; writing pauses *rate_limit_pause*
+    seconds and the message goes again.  Any other error is final for its message.
+    """
+
+    session_lost: frozenset[str] = attrs.field(
+        default=frozenset({SESSION_NOT_FOUND}), converter=_error_names
+    )
+    rate_limited: frozenset[str] = attrs.field(
+        default=frozenset({RATE_LIMITED}), converter=_error_names
+    )
+    rate_limit_pause: float = attrs.field(default=RATE_LIMIT_PAUSE, validator=_pause)
+
+
 @attrs.define(slots=True)
 class _Outgoing:
     """One entry of the outbox."""
@@ -212,6 +248,9 @@ class _Outgoing:
     gated: bool  # must wait for the session to be ready
     is_start: bool = False
     epoch: int = 0  # the session epoch at its last write (see _restart_session)
+    kind: str = ""  # "text" or "audio" for dataSend: what interrupt() may cut
+    written: bool = False  # handed out for writing at least once
+    audio_seconds: float = 0.0  # for audio: its duration, for interrupt()'s report
 
 
 @attrs.define(slots=True)
@@ -225,6 +264,7 @@ class Counters:
     messages_sent: int = 0
     messages_resent: int = 0
     discarded: int = 0  # tracked messages dropped unacknowledged by close()
+    cancelled: int = 0  # messages cut unwritten by interrupt()
     rate_limited: int = 0
     acks_received: int = 0
     pings_sent: int = 0
@@ -248,8 +288,10 @@ class ClientProtocol:
         dedupe_capacity: int = 4096,
         dedupe_max_bytes: int | None = 2**20,
         id_factory: MessageIdFactory | None = None,
+        ack_policy: AckPolicy | None = None,
     ) -> None:
         self.app_id = app_id
+        self.ack_policy = AckPolicy() if ack_policy is None else ack_policy
         self.session_id = session_id
         self.heartbeat_interval = heartbeat_interval
         self.require_acks = require_acks
@@ -353,13 +395,23 @@ class ClientProtocol:
         self._in_write.clear()
 
     def reopen(self) -> None:
-        """Start afresh after :meth:`close`: no session, an empty outbox."""
+        """Open again after :meth:`close`, with an empty outbox; the session is kept.
+
+        As in the original, closing does not stop the session: a session that
+        was ready stays ready, and the next send goes out without a new
+        ``start`` (the server starts it again if it forgot it meanwhile, see
+        :meth:`_restart_session`).  A start still pending at close was
+        discarded with the outbox: the session is idle again.
+        """
         self.closed = False
-        self.session_state = SessionState.IDLE
-        self.session_options = None
-        self.start_error = None
+        if self.session_state is SessionState.STARTING:
+            self.session_state = SessionState.IDLE
+            self.session_options = None
+            self._start_content = None
         self._gate_closed = False
         self._start_id = None
+        self._stop_id = None
+        self._restore_stopped = False
         self._outbox.clear()
         self._to_write.clear()
 
@@ -381,7 +433,7 @@ class ClientProtocol:
     def refusal(self, message_id: str) -> object:
         """The error the server refused *message_id* with (if remembered), else ``None``."""
         outcome = self._outcomes.get(message_id)
-        return None if outcome is _DELIVERED or outcome is _DISCARDED else outcome
+        return None if outcome in (_DELIVERED, _DISCARDED, _CANCELLED) else outcome
 
     def outcome(self, message_id: str) -> tuple[Outcome, object]:
         """What became of *message_id*, and the server's error when it was refused."""
@@ -394,6 +446,8 @@ class ClientProtocol:
             return Outcome.DELIVERED, None
         if outcome is _DISCARDED:
             return Outcome.DISCARDED, None
+        if outcome is _CANCELLED:
+            return Outcome.CANCELLED, None
         return Outcome.REFUSED, outcome
 
     def _record(self, message_id: str, outcome: object) -> None:
@@ -447,10 +501,41 @@ class ClientProtocol:
         _check_size(frame, max_size)
         return message_id, frame
 
-    def session_message(self, prepared: Prepared) -> str:
-        """Queue a prepared session message (``dataSend``, ``refreshContext``); needs a session."""
+    def session_message(
+        self, prepared: Prepared, *, kind: str = "", audio_seconds: float = 0.0
+    ) -> str:
+        """Queue a prepared session message (``dataSend``, ``refreshContext``); needs a session.
+
+        *kind* (``"text"`` or ``"audio"``) marks what :meth:`cancel_unwritten` may cut.
+        """
         self._check_session()
-        return self._enqueue(prepared)
+        message_id = self._enqueue(prepared)
+        if kind:
+            entry = self._outbox[message_id]
+            entry.kind = kind
+            entry.audio_seconds = audio_seconds
+        return message_id
+
+    def cancel_unwritten(self, kinds: frozenset[str]) -> list[tuple[str, str, float]]:
+        """Cut from the outbox every message of *kinds* never handed out for writing.
+
+        Returns ``(message id, kind, audio seconds)`` for each, in send order;
+        :meth:`outcome` reports them as :attr:`Outcome.CANCELLED`.  Messages
+        written at least once stay: the server may have them already.
+        """
+        cut = [
+            (key, entry.kind, entry.audio_seconds)
+            for key, entry in self._outbox.items()
+            if entry.kind in kinds and not entry.written
+        ]
+        if cut:
+            gone = {key for key, _, _ in cut}
+            for key in gone:
+                del self._outbox[key]
+                self._record(key, _CANCELLED)
+            self._to_write = collections.deque(k for k in self._to_write if k not in gone)
+            self.counters.cancelled += len(cut)
+        return cut
 
     def send_message(self, prepared: Prepared) -> str:
         """Queue a prepared message of any content (the original's ``sendMessage``)."""
@@ -546,6 +631,7 @@ class ClientProtocol:
                 break
             to_write.popleft()
             entry.epoch = self._epoch
+            entry.written = True
             frames.append(entry.frame)
             if not entry.tracked or not self.require_acks:
                 # Done once the write succeeds: see write_done().
@@ -657,18 +743,20 @@ class ClientProtocol:
         entry = self._outbox.get(message_id)
         if entry is None or not entry.tracked:
             return  # a repeated ack, or one for a message we did not send
-        if error == RATE_LIMITED:
+        policy = self.ack_policy
+        known = isinstance(error, str)
+        if known and error in policy.rate_limited:
             # Not processed: keep it, pause, then send it again, in its place among the
             # messages not yet written.  Messages written after it are not resent: each
             # has its own ack coming, and a refused one comes back here by itself.
-            self._paused_until = now + RATE_LIMIT_PAUSE
+            self._paused_until = now + policy.rate_limit_pause
             if message_id not in self._to_write:
                 queued = set(self._to_write)
                 queued.add(message_id)
                 self._to_write = collections.deque(k for k in self._outbox if k in queued)
             self.counters.rate_limited += 1
             return
-        if error == SESSION_NOT_FOUND and entry.gated:
+        if known and error in policy.session_lost and entry.gated:
             if entry.epoch < self._epoch:
                 # Refused before the latest (re)start: it goes again, right behind that start.
                 if message_id not in self._to_write:

@@ -4,16 +4,14 @@ Installing ``avatar-im`` registers this module as a pytest plugin (entry point
 ``avatar_im``), so its fixtures are there in every test with no import::
 
     def test_my_bot_greets(avatar_session):
-        avatar_session.send_text("hello")
-        assert avatar_session.receive(timeout=5)["content"]["text"] == "You said: hello"
+        assert avatar_session.ask("hello", timeout=5).text == "You said: hello"
 
 Fixtures (each one per test, closed when the test ends):
 
 * ``avatar_server``: a running :class:`~avatar_im.server.ReferenceServer` on a free
   loopback port; pass its ``url`` to the code under test;
 * ``avatar_client``: an :class:`~avatar_im.AvatarIM` connected to it, no session started;
-* ``avatar_session``: the same client with a ready session (its ``startResult``
-  already taken from :meth:`~avatar_im.AvatarIM.receive`);
+* ``avatar_session``: the same client with a ready session;
 * ``avatar_server_options`` and ``avatar_client_options``: the keyword arguments the
   two are made with; override them in your ``conftest.py`` to give the server your own
   ``responder`` or ``credentials``, or the client other ids;
@@ -115,10 +113,9 @@ def avatar_client(
 
 @pytest.fixture
 def avatar_session(avatar_client: AvatarIM) -> AvatarIM:
-    """``avatar_client`` with a ready session; its ``startResult`` is already received."""
+    """``avatar_client`` with a ready session (``wait_session_ready`` took its ``startResult``)."""
     avatar_client.start_session()
     avatar_client.wait_session_ready(TIMEOUT)
-    avatar_client.receive(TIMEOUT)  # the startResult, also delivered to the pull API
     return avatar_client
 
 

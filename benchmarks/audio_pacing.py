@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chunk_s = args.chunk_ms / 1000
 
-    with tempfile.TemporaryDirectory() as tmp, ReferenceServer(port=0) as server:
+    # profile="echo": one reply per chunk from the handler thread, as measured before; the
+    # cloud profile would also run its speech detection over the random samples.
+    with tempfile.TemporaryDirectory() as tmp, ReferenceServer(port=0, profile="echo") as server:
         path = Path(tmp) / "pacing.wav"
         pcm = _write_wav(path, args.seconds, args.rate)
         print(f"{args.seconds:g} s of {args.rate} Hz mono in {args.chunk_ms:g} ms chunks")

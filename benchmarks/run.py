@@ -1,9 +1,9 @@
 """The benchmark harness: ``python -m benchmarks.run [--quick] [--json FILE]``.
 
-Starts the reference server (and python-socketio's, for the peer figure) in
-child processes on loopback, runs every figure for the SDK and its baselines
-alternately (several pairs, the order reversed every other pair), and prints
-the machine and one table: figure, SDK, baseline, ratio, goal, verdict.
+Starts the reference server (its ``echo`` profile) and python-socketio's (for
+the peer figure) in child processes on loopback, runs every figure for the SDK
+and its baselines alternately (several pairs, the order reversed every other
+pair), and prints the machine and one table: figure, SDK, baseline, ratio, goal, verdict.
 Values are medians over the pairs; the ratio is SDK / baseline of the
 medians, with the worst single pair's ratio where a goal bounds every run.
 

@@ -133,7 +133,10 @@ def _serve_reference() -> None:
     from avatar_im.server import ReferenceServer
 
     # idle_timeout=None: the idle baselines send no heartbeat; the SDK's would keep them alive.
-    server = ReferenceServer(host="127.0.0.1", port=0, idle_timeout=None)
+    # profile="echo": one reply per text or chunk, sent by the handler thread, as the figures
+    # were measured; the default cloud profile would also queue a broadcast per text and
+    # time every answer on the server.
+    server = ReferenceServer(host="127.0.0.1", port=0, idle_timeout=None, profile="echo")
     server.start()
     try:
         print(f"READY {server.port}", flush=True)

@@ -3,17 +3,23 @@
 :class:`SharedClient` makes the :class:`~avatar_im.AvatarIM` client the first time a
 view needs it, starts the avatar session, and closes both at exit.  Its
 :meth:`SharedClient.ask` sends a text and returns the avatar's reply *to that
-text*: the client's pull API returns messages in arrival order for the whole
-client, so each request waits, with ``receive(match=...)``, for the message whose
-``content["replyTo"]`` is its own message id; other messages stay buffered for other
-requests (and drop out, oldest first, when the client's bounded buffer is full).
+text*, with :meth:`AvatarIM.ask() <avatar_im.AvatarIM.ask>`: the service's replies
+name no message they answer, so the client's asks take turns (one request thread at
+a time sends its text and takes the first reply that follows it; the others wait
+their turn, within their own timeout).  One session is one conversation: requests
+of a process that share it are answered one after the other.
+
+If a reply comes only after its ask gave up (:class:`~avatar_im.AskTimeout`), the
+next ask may take it for its own: keep the timeout above the service's slowest
+answer.
 
 Configuration comes from the environment (:meth:`SharedClient.from_env`):
 ``AVATAR_IM_URL`` (unset: an embedded reference server, for offline development),
 ``AVATAR_IM_TOKEN``, ``AVATAR_IM_APP_ID``, ``AVATAR_IM_TENANT_ID`` and
 ``AVATAR_IM_SESSION_ID``.
 
-This is example code, not part of the library: copy it into your app.
+This is example code, not part of the library: copy this file into your app (it needs
+only ``avatar_im``).
 """
 
 from __future__ import annotations
@@ -24,42 +30,21 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from avatar_im import AvatarIM, ReceiveTimeout
+from avatar_im import AvatarIM
 
 if TYPE_CHECKING:
     from avatar_im.server import ReferenceServer
 
-__all__ = ["ReplyTimeout", "SharedClient", "ask"]
+__all__ = ["SharedClient"]
 
 logger = logging.getLogger(__name__)
-
-
-class ReplyTimeout(TimeoutError):
-    """No reply to a text came in time."""
-
-
-def ask(client: AvatarIM, text: str, timeout: float) -> dict[str, Any]:
-    """Send *text* on *client* and return the ``content`` of the reply to it (by ``replyTo``).
-
-    Raises :class:`ReplyTimeout` if no reply comes within *timeout* seconds.
-    """
-    message_id = client.send_text(text)
-
-    def is_reply(message: dict[str, Any]) -> bool:
-        content = message.get("content")
-        return isinstance(content, dict) and content.get("replyTo") == message_id
-
-    try:
-        reply: dict[str, Any] = client.receive(timeout, match=is_reply)["content"]
-    except ReceiveTimeout:
-        raise ReplyTimeout(f"no reply to {message_id} within {timeout}s") from None
-    return reply
 
 
 class SharedClient:
     """A lazily made, process-wide avatar client with a ready session.
 
-    Thread-safe: any number of request threads may call :meth:`ask` at once.
+    Thread-safe: any number of request threads may call :meth:`ask` at once; their
+    asks take turns on the one client.
     """
 
     def __init__(
@@ -136,13 +121,16 @@ class SharedClient:
     def ask(self, text: str, timeout: float = 10.0) -> dict[str, Any]:
         """Send *text* and return the ``content`` of the avatar's reply to it.
 
-        Raises :class:`ReplyTimeout` if no reply comes within *timeout* seconds, and
-        the client's errors (:class:`avatar_im.AvatarIMError`) as they are.
+        *timeout* bounds the whole call, the wait for this thread's turn included.
+        Raises :class:`avatar_im.AskTimeout` (a :class:`TimeoutError`) if no reply
+        comes in time, and the client's other errors (:class:`avatar_im.AvatarIMError`)
+        as they are.
         """
-        return ask(self.client(), text, timeout)
+        answer = self.client().ask(text, timeout)
+        return dict(answer.reply.content)
 
     def close(self) -> None:
-        """Close the client and the embedded server, if any (registered with ``atexit``)."""
+        """Close the client and the embedded server, if any (register it with ``atexit``)."""
         with self._lock:
             client, self._client = self._client, None
             server, self._server = self._server, None

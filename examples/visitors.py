@@ -20,8 +20,15 @@ avatar for the visitors it serves (session ids carry the process id, so two
 workers never share one session); sharing one avatar across workers and
 machines is what the Redis relay is for.
 
-This is example code, not part of the library: copy it into your app, with
-``examples/shared_client.py``, whose :func:`~examples.shared_client.ask` it uses.
+:meth:`VisitorAvatars.ask` sends a text to a visitor's avatar and returns the
+reply to it, with :meth:`AvatarIM.ask() <avatar_im.AvatarIM.ask>`: a visitor's
+requests that come at once (two tabs) take turns on its avatar, each getting the
+reply to its own text.  If a reply comes only after its ask gave up
+(:class:`~avatar_im.AskTimeout`), the visitor's next ask may take it for its own:
+keep the timeout above the service's slowest answer.
+
+This is example code, not part of the library: copy this file into your app (it needs
+only ``avatar_im``).
 """
 
 from __future__ import annotations
@@ -35,13 +42,11 @@ from typing import TYPE_CHECKING, Any
 from avatar_im import AvatarIM
 from avatar_im.registry import ClientRegistry
 
-from .shared_client import ReplyTimeout, ask
-
 if TYPE_CHECKING:
     from avatar_im.server import ReferenceServer
     from avatar_im.sessions import AvatarSession, OpenAPILike
 
-__all__ = ["ReplyTimeout", "VisitorAvatars"]
+__all__ = ["VisitorAvatars"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +139,18 @@ class VisitorAvatars:
         return client
 
     def ask(self, visitor: str, text: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Send *text* to *visitor*'s avatar and return the ``content`` of its reply.
+        """Send *text* to *visitor*'s avatar and return the ``content`` of its reply to it.
 
-        Raises :class:`ReplyTimeout` if no reply comes within *timeout* seconds,
-        and the client's errors (:class:`avatar_im.AvatarIMError`) as they are.
+        The avatar is made on the visitor's first message.  *timeout* bounds the
+        wait for the reply (the wait for the turn of the visitor's other requests
+        included).  Raises :class:`avatar_im.AskTimeout` (a :class:`TimeoutError`)
+        if no reply comes in time, and the client's other errors
+        (:class:`avatar_im.AvatarIMError`) as they are.
         """
         with self.registry.use(visitor) as entry:
-            return ask(getattr(entry, "client", entry), text, timeout)
+            client: AvatarIM = getattr(entry, "client", entry)  # an AvatarSession's client
+            answer = client.ask(text, timeout)
+        return dict(answer.reply.content)
 
     def close(self) -> None:
         """Close every visitor's avatar and the embedded server (registered with ``atexit``)."""

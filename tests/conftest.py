@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -52,14 +53,20 @@ def no_client_thread_left() -> Iterator[None]:
 
 @pytest.fixture
 def server() -> Iterator[ReferenceServer]:
-    """A reference server on a free loopback port."""
-    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+    """A reference server on a free loopback port, with the exact ``echo`` replies."""
+    with ReferenceServer(host="127.0.0.1", port=0, profile="echo") as srv:
         yield srv
 
 
 @pytest.fixture
-def make_client(server: ReferenceServer) -> Iterator[ClientFactory]:
-    """A factory of clients connected to `server`, all closed at the end of the test."""
+def cloud_server() -> Iterator[ReferenceServer]:
+    """A reference server with its default, cloud-shaped replies, speaking quickly."""
+    with ReferenceServer(host="127.0.0.1", port=0, speaking_rate=400.0, speaking_base=0.05) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def _clients(server: ReferenceServer) -> Iterator[ClientFactory]:
     clients: list[AvatarIM] = []
 
     def factory(**kwargs: Any) -> AvatarIM:
@@ -75,9 +82,25 @@ def make_client(server: ReferenceServer) -> Iterator[ClientFactory]:
         clients.append(client)
         return client
 
-    yield factory
-    for client in clients:
-        client.close()
+    try:
+        yield factory
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.fixture
+def make_client(server: ReferenceServer) -> Iterator[ClientFactory]:
+    """A factory of clients connected to `server`, all closed at the end of the test."""
+    with _clients(server) as factory:
+        yield factory
+
+
+@pytest.fixture
+def make_cloud_client(cloud_server: ReferenceServer) -> Iterator[ClientFactory]:
+    """A factory of clients connected to `cloud_server`, all closed at the end of the test."""
+    with _clients(cloud_server) as factory:
+        yield factory
 
 
 @pytest.fixture
@@ -86,5 +109,4 @@ def ready_client(make_client: ClientFactory) -> AvatarIM:
     client = make_client()
     client.start_session()
     client.wait_session_ready(TIMEOUT)
-    client.receive(TIMEOUT)  # the startResult
     return client

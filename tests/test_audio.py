@@ -659,8 +659,8 @@ def test_cli_send_audio_prints_replies_and_progress(
     argv = ["send-audio", str(path), "--fast", "--url", server.url, "--session-id", "cli"]
     assert cli.main([*argv, "--reply-wait", "0.2", "--timeout", str(TIMEOUT)]) == 0
     out, err = capsys.readouterr()
-    assert out.count("<- audioReceived") == 100
-    assert "<- stopResult" in out and "sent 100 chunks" in out
+    assert out.count("<- audio_received") == 100  # the echo profile answers every chunk
+    assert "<- stop_result" in out and "sent 100 chunks" in out
     assert "100%" in err and "4.0/4.0 s" in err
     assert server.session("cli").audio_bytes == samples.tobytes()
 
@@ -668,12 +668,15 @@ def test_cli_send_audio_prints_replies_and_progress(
 def test_cli_send_audio_uses_an_embedded_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without --url, send-audio runs against an embedded server; short files get no bar."""
+    """Without --url, send-audio runs against an embedded server; short files get no bar.
+
+    The embedded server is cloud-shaped: the noise is heard as speech (asr).
+    """
     path = write_wav(tmp_path / "short.wav", noise(0.2))
     assert cli.main(["send-audio", str(path), "--realtime", "--reply-wait", "0.2"]) == 0
     out, err = capsys.readouterr()
     assert "reference server at ws://127.0.0.1:" in out
-    assert out.count("<- audioReceived") == 5 and "%" not in err
+    assert out.count("<- asr ") == 1 and "<- stop_result" in out and "%" not in err
 
 
 def test_cli_send_audio_refuses_a_non_audio_file(

@@ -80,11 +80,12 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 
 def test_demo_runs_a_conversation() -> None:
-    """demo talks to an embedded server and prints the text and audio replies."""
+    """demo talks to an embedded server: the reply and broadcast of a text, ASR of audio."""
     result = run_cli("demo", "--text", "ping")
     assert result.returncode == 0, result.stderr
-    assert "You said: ping" in result.stdout
-    assert "audioReceived" in result.stdout
+    assert '<- reply {"text": "You said: ping"}' in result.stdout
+    assert "<- broadcast_end " in result.stdout
+    assert '<- asr {"text": "0.5 seconds of speech", "final": true}' in result.stdout
     assert result.stdout.splitlines()[-1].startswith("done: ")
 
 
@@ -96,8 +97,9 @@ def test_demo_json_prints_one_object_per_line() -> None:
     assert [e["event"] for e in events[:2]] == ["server", "connected"]
     assert events[-1]["event"] == "done"
     assert events[-1]["sent"] == events[-1]["acked"]
-    kinds = [e["message"]["content"]["type"] for e in events if e["event"] == "received"]
-    assert kinds == ["startResult", "textReply", "audioReceived", "stopResult"]
+    kinds = [e["family"] for e in events if e["event"] == "received"]
+    spoken = ["reply", "broadcast_start", "broadcast_end"]
+    assert kinds == ["start_result", *spoken, "asr", *spoken, "stop_result"]
 
 
 def test_verbose_logs_to_stderr() -> None:
@@ -108,8 +110,9 @@ def test_verbose_logs_to_stderr() -> None:
     assert all(line.startswith("{") for line in result.stdout.splitlines())
 
 
-def test_chat_sends_each_line_and_stops_at_end_of_input(server: ReferenceServer) -> None:
+def test_chat_sends_each_line_and_stops_at_end_of_input(cloud_server: ReferenceServer) -> None:
     """chat sends every non-blank stdin line, prints each reply, and stops the session at EOF."""
+    server = cloud_server
     result = run_cli(
         "chat", "--url", server.url, "--session-id", "chat-1", stdin="hello\n\n  world  \n"
     )
@@ -128,9 +131,9 @@ def test_chat_sends_each_line_and_stops_at_end_of_input(server: ReferenceServer)
     assert snapshot.stopped
 
 
-def test_chat_json_pairs_each_sent_line_with_its_reply(server: ReferenceServer) -> None:
-    """chat --json prints a sent event per line followed by the reply whose replyTo matches."""
-    result = run_cli("chat", "--json", "--url", server.url, stdin="one\ntwo\n")
+def test_chat_json_pairs_each_sent_line_with_its_reply(cloud_server: ReferenceServer) -> None:
+    """chat --json prints a sent event per line followed by the reply to that line."""
+    result = run_cli("chat", "--json", "--url", cloud_server.url, stdin="one\ntwo\n")
     assert result.returncode == 0, result.stderr
     events = json_lines(result.stdout)
     assert [e["event"] for e in events] == [
@@ -143,9 +146,9 @@ def test_chat_json_pairs_each_sent_line_with_its_reply(server: ReferenceServer) 
         "stopped",
     ]
     for sent, received in ((events[2], events[3]), (events[4], events[5])):
-        content = received["message"]["content"]
-        assert content["replyTo"] == sent["message_id"]
-        assert content["text"] == f"You said: {sent['text']}"
+        assert received["family"] == "reply"
+        assert received["reply_to"] == sent["message_id"]
+        assert received["message"]["content"]["text"] == f"You said: {sent['text']}"
 
 
 def test_chat_with_no_input_ends_cleanly(server: ReferenceServer) -> None:
@@ -194,11 +197,7 @@ def test_serve_runs_a_server_clients_can_use() -> None:
         ) as client:
             client.start_session()
             client.wait_session_ready(TIMEOUT)
-            message_id = client.send_text("over the wire")
-            client.receive(TIMEOUT)  # the startResult
-            reply = client.receive(TIMEOUT)["content"]
-            assert reply["replyTo"] == message_id
-            assert reply["text"] == "You said: over the wire"
+            assert client.ask("over the wire", TIMEOUT).text == "You said: over the wire"
         process.send_signal(signal.SIGINT)
         assert process.wait(RUN_TIMEOUT) == 0
     finally:

@@ -33,20 +33,23 @@ from avatar_im.server import ReferenceServer
 def test_session_start_text_and_audio_round_trip(
     server: ReferenceServer, make_client: ClientFactory
 ) -> None:
-    """start -> startResult, text -> textReply, audio -> audioReceived, all acked."""
+    """start -> startResult, text -> textReply, audio -> audioReceived (echo), all acked.
+
+    What wait_session_ready() returned is not also returned by receive().
+    """
     client = make_client()
     start = client.start_session(format="pcm", sample_rate=16000)
     result = client.wait_session_ready(TIMEOUT)
-    assert result["content"]["type"] == "startResult"
+    assert result.family == "start_result" and result["content"]["type"] == "startResult"
     assert client.session_ready.is_set() and client.session_state is SessionState.READY
     text = client.send_text("hello")
     audio = client.send_audio(b"\x01\x00" * 1600)
     for mid in (start, text, audio):
         client.wait_ack(mid, TIMEOUT)
-    replies = [client.receive(TIMEOUT)["content"] for _ in range(3)]
-    assert [r["type"] for r in replies] == ["startResult", "textReply", "audioReceived"]
-    assert replies[1]["text"] == "You said: hello" and replies[1]["replyTo"] == text
-    assert replies[2]["bytes"] == 3200 and replies[2]["durationMs"] == 100
+    replies = [client.receive(TIMEOUT).content for _ in range(2)]
+    assert [r["type"] for r in replies] == ["textReply", "audioReceived"]
+    assert replies[0]["text"] == "You said: hello" and replies[0]["replyTo"] == text
+    assert replies[1]["bytes"] == 3200 and replies[1]["durationMs"] == 100
     session = server.session("s0")
     assert session.texts == ["hello"] and session.audio_bytes == b"\x01\x00" * 1600
 
@@ -166,7 +169,8 @@ def test_callbacks_and_events(server: ReferenceServer, make_client: ClientFactor
     server.send_event({"type": "avatarSpeaking", "on": True})
     assert got_event.wait(TIMEOUT)
     assert events == [{"type": "avatarSpeaking", "on": True}]
-    assert client.receive_event(TIMEOUT) == events[0]
+    event = client.receive_event(TIMEOUT)
+    assert event.family == "event" and event.raw == events[0] and event.type == "avatarSpeaking"
     assert messages[0]["content"]["type"] == "startResult"  # type: ignore[index]
 
 
@@ -388,19 +392,36 @@ def test_callback_that_raises_and_callback_that_closes(make_client: ClientFactor
     assert client.closed
 
 
-def test_connect_after_close_reopens(server: ReferenceServer, make_client: ClientFactory) -> None:
-    """connect() on a closed client opens a fresh connection with no session and no outbox."""
+def test_connect_after_close_keeps_the_session(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """close() then connect() keeps the session, as the original does: no new start."""
     client = make_client()
     client.start_session()
     client.wait_session_ready(TIMEOUT)
     client.close()
+    assert not client.session_ready.is_set()
     client.connect(timeout=TIMEOUT)
-    assert client.state is ConnectionState.OPEN
-    assert client.session_state is SessionState.IDLE and client.stats.outbox == 0
-    client.start_session()
-    client.wait_session_ready(TIMEOUT)
+    assert client.state is ConnectionState.OPEN and client.stats.outbox == 0
+    assert client.session_state is SessionState.READY and client.session_ready.is_set()
     client.wait_ack(client.send_text("again"), TIMEOUT)
+    messages = [content["type"] for _, content in server.session("s0").messages]
+    assert messages == ["start", "dataSend"]
     assert server.session("s0").texts == ["again"]
+
+
+def test_connect_after_close_with_a_start_pending_is_idle(make_client: ClientFactory) -> None:
+    """A start still unanswered at close() was discarded: after connect() no session."""
+    with silent_websocket_server() as url:
+        client = make_client(url=url)
+        client.wait_connected(TIMEOUT)
+        client.start_session()
+        client.close()
+        client.connect(timeout=TIMEOUT)
+        assert client.session_state is SessionState.IDLE
+        with pytest.raises(SessionNotStartedError):
+            client.send_text("no session")
+        client.close()
 
 
 def test_wait_ack_on_a_message_left_at_close_raises(

@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """A reference server of the default (cloud-shaped) profile, as the example meets."""
+    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+@pytest.fixture
 def views(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The example's views module, with Django set up on the example's settings."""
     monkeypatch.syspath_prepend(str(ROOT))
@@ -45,7 +52,7 @@ def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, shared: A
     assert response.status_code == 200
     body = response.json()
     assert body["reply"] == "You said: bonjour"
-    assert body["content"]["type"] == "textReply"
+    assert body["content"]["type"] == "replyContent"
     (session_id,) = server.session_ids()
     assert server.session(session_id).texts == ["bonjour"]
 

@@ -34,6 +34,13 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """A reference server of the default (cloud-shaped) profile, as the example meets."""
+    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+@pytest.fixture
 def examples(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType]:
     """The examples.flask_app.app and examples.visitors modules."""
     monkeypatch.syspath_prepend(str(ROOT))
@@ -74,7 +81,7 @@ def test_say_returns_the_avatar_reply_as_json(server: ReferenceServer, make_app:
     assert response.status_code == 200
     body = response.get_json()
     assert body["reply"] == "You said: hello avatar"
-    assert body["content"]["type"] == "textReply"
+    assert body["content"]["type"] == "replyContent"
     assert only_session(server).texts == ["hello avatar"]
 
 
@@ -126,6 +133,32 @@ def test_concurrent_requests_each_get_their_own_reply(
     }
 
 
+def test_one_visitors_requests_at_once_take_turns(server: ReferenceServer, make_app: Any) -> None:
+    """One browser session (two tabs, say) posting at once: one avatar, each its own reply."""
+    app = make_app(server.url)
+    first = app.test_client()
+    assert first.post("/api/say", json={"text": "hi"}).get_json()["reply"] == "You said: hi"
+    cookie = first.get_cookie("session")
+    assert cookie is not None
+    replies: dict[int, Any] = {}
+
+    def request(n: int) -> None:
+        tab = app.test_client()
+        tab.set_cookie(cookie.key, cookie.value)  # the same visitor
+        replies[n] = tab.post("/api/say", json={"text": f"tab {n}"}).get_json()
+
+    threads = [threading.Thread(target=request, args=(n,), name=f"tab-{n}") for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert {n: body["reply"] for n, body in replies.items()} == {
+        n: f"You said: tab {n}" for n in range(4)
+    }
+    assert server.stats.connections_total == 1
+    assert sorted(only_session(server).texts) == sorted(["hi"] + [f"tab {n}" for n in range(4)])
+
+
 @pytest.mark.parametrize(
     "payload",
     [{"json": {}}, {"json": {"text": "   "}}, {"json": {"text": 3}}, {"data": "not json"}],
@@ -156,7 +189,7 @@ def test_no_reply_in_time_is_a_504(
 ) -> None:
     """A request whose reply does not come within REPLY_TIMEOUT gets 504."""
     monkeypatch.setattr(examples[0], "REPLY_TIMEOUT", 0.2)
-    with ReferenceServer(responder=lambda request: None) as srv:
+    with ReferenceServer(reply=lambda text: None) as srv:
         app = make_app(srv.url)
         response = app.test_client().post("/api/say", json={"text": "hi"})
         assert response.status_code == 504

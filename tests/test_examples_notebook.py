@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,13 @@ from nbclient import NotebookClient
 from avatar_im.server import ReferenceServer
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """A reference server of the default (cloud-shaped) profile, as the notebook meets."""
+    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+        yield srv
 
 
 def outputs(notebook: nbformat.NotebookNode) -> str:
@@ -29,9 +37,10 @@ def outputs(notebook: nbformat.NotebookNode) -> str:
 def test_quickstart_runs_against_the_server_in_avatar_im_url(
     server: ReferenceServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The notebook talks to AVATAR_IM_URL: text and audio replies printed, session stopped."""
+    """The notebook talks to AVATAR_IM_URL: the answers to its text and audio printed, closed."""
     monkeypatch.setenv("AVATAR_IM_URL", server.url)
     monkeypatch.setenv("AVATAR_IM_SESSION_ID", "nb-1")
+    server.hear("What can you do?", session_id="nb-1")  # what the audio clip "says"
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook,
@@ -43,14 +52,20 @@ def test_quickstart_runs_against_the_server_in_avatar_im_url(
 
     printed = outputs(notebook)
     assert f"server: {server.url}" in printed
-    assert "'text': 'You said: Hello from a notebook!'" in printed
-    assert "'type': 'audioReceived'" in printed
-    assert "'bytes': 8000" in printed
+    assert "reply: You said: Hello from a notebook!\n" in printed
+    assert "spoken: You said: Hello from a notebook! | interrupted: False\n" in printed
+    assert (
+        "<- asr: What can you do?\n"
+        "<- reply: You said: What can you do?\n"
+        "<- broadcast_start: You said: What can you do?\n"
+        "<- broadcast_end\n"
+    ) in printed
     assert printed.rstrip().endswith("closed")
     snapshot = server.session("nb-1")
     assert snapshot is not None
     assert snapshot.texts == ["Hello from a notebook!"]
-    assert len(snapshot.audio_bytes) == 8000
+    assert len(snapshot.audio_bytes) == 2 * 16000  # the tone, then the silence
+    assert snapshot.heard == ["What can you do?"]
     assert snapshot.stopped
 
 

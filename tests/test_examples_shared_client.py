@@ -1,4 +1,4 @@
-"""Tests of examples/shared_client.py: one lazily made client per process, replies matched by id."""
+"""Tests of examples/shared_client.py: one lazily made client per process, asks taking turns."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 
-from avatar_im import AuthenticationError
-from avatar_im.server import Credentials, ReferenceServer, Request, default_responder
+from avatar_im import AskTimeout, AuthenticationError
+from avatar_im.server import Credentials, ReferenceServer, default_reply
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """A reference server of the default (cloud-shaped) profile, as the example meets."""
+    with ReferenceServer(host="127.0.0.1", port=0) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -41,46 +48,49 @@ def make_shared(shared_module: ModuleType) -> Iterator[Any]:
 
 
 def test_ask_returns_the_reply_to_its_own_text(server: ReferenceServer, make_shared: Any) -> None:
-    """ask() skips the startResult and unrelated pushes and returns the reply to its text."""
+    """ask() passes over the startResult, unrelated pushes and a reply that came before."""
     shared = make_shared(url=server.url, session_id="web-1")
     client = shared.client()
+    server.send_message({"type": "replyContent", "text": "stale"}, session_id="web-1")
     server.send_message({"type": "news", "text": "unrelated"}, session_id="web-1")
+    assert client.receive(TIMEOUT, family="unknown").text == "unrelated"  # both arrived
     content = shared.ask("hello", timeout=TIMEOUT)
-    assert content["type"] == "textReply"
+    assert content["type"] == "replyContent"
     assert content["text"] == "You said: hello"
+    assert "replyTo" not in content
+    assert client.receive(0, family="reply").text == "stale"  # still there for receive()
     assert shared.client() is client
     assert server.stats.connections_total == 1
 
 
-def test_concurrent_asks_get_their_own_replies_out_of_order(
-    make_shared: Any,
-) -> None:
-    """A reply that comes late still reaches its asker while another ask completes first."""
-    held = threading.Event()
-    held_id: list[str] = []
+def test_asks_take_turns_each_getting_its_own_reply(make_shared: Any) -> None:
+    """A reply that comes late holds the next ask's text back until it came: no mix-up."""
 
-    def responder(request: Request) -> Any:
-        if request.text == "slow":  # answered later, by the test
-            held_id.append(request.message_id)
-            held.set()
-            return None
-        return default_responder(request)
+    def reply(text: str) -> str | None:
+        return None if text == "slow" else default_reply(text)  # "slow": the test answers
 
-    with ReferenceServer(responder=responder) as srv:
+    with ReferenceServer(reply=reply) as srv:
         shared = make_shared(url=srv.url, session_id="web-2")
-        slow: dict[str, Any] = {}
-        asker = threading.Thread(
-            target=lambda: slow.update(shared.ask("slow", timeout=TIMEOUT)), name="slow-asker"
-        )
-        asker.start()
-        assert held.wait(TIMEOUT)
-        assert shared.ask("fast", timeout=TIMEOUT)["text"] == "You said: fast"
-        srv.send_message(
-            {"type": "textReply", "replyTo": held_id[0], "text": "late"}, session_id="web-2"
-        )
-        asker.join(TIMEOUT)
-        assert not asker.is_alive()
-        assert slow["text"] == "late"
+        shared.client()
+        answers: dict[str, Any] = {}
+
+        def ask(text: str) -> None:
+            answers[text] = shared.ask(text, timeout=TIMEOUT)["text"]
+
+        slow = threading.Thread(target=ask, args=("slow",), name="slow-asker")
+        slow.start()
+        assert srv.wait_for(lambda: srv.session("web-2").texts == ["slow"], TIMEOUT)
+        fast = threading.Thread(target=ask, args=("fast",), name="fast-asker")
+        fast.start()
+        # "fast" waits for its turn: it is not sent while "slow" waits for its reply.
+        assert not wait_until(lambda: not fast.is_alive(), 0.3)
+        assert srv.session("web-2").texts == ["slow"]
+        srv.send_message({"type": "replyContent", "text": "late"}, session_id="web-2")
+        for thread in (slow, fast):
+            thread.join(TIMEOUT)
+            assert not thread.is_alive()
+        assert answers == {"slow": "late", "fast": "You said: fast"}
+        assert srv.session("web-2").texts == ["slow", "fast"]
         shared.close()
 
 
@@ -106,14 +116,15 @@ def test_many_threads_share_one_client(server: ReferenceServer, make_shared: Any
     assert server.stats.connections_total == 1
 
 
-def test_ask_times_out_without_a_reply(make_shared: Any, shared_module: ModuleType) -> None:
-    """ask() raises ReplyTimeout (a TimeoutError) when no reply comes in time."""
-    with ReferenceServer(responder=lambda request: None) as srv:
+def test_ask_times_out_without_a_reply(make_shared: Any) -> None:
+    """ask() raises the library's AskTimeout (a TimeoutError) when no reply comes in time."""
+    with ReferenceServer(reply=lambda text: None) as srv:
         shared = make_shared(url=srv.url)
         shared.client()
-        with pytest.raises(shared_module.ReplyTimeout) as info:
+        with pytest.raises(AskTimeout) as info:
             shared.ask("anyone?", timeout=0.2)
         assert isinstance(info.value, TimeoutError)
+        assert info.value.message_id
         shared.close()
 
 

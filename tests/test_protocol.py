@@ -17,11 +17,13 @@ from avatar_im.ids import MessageIdFactory
 from avatar_im.options import SessionOptions
 from avatar_im.protocol import (
     Acked,
+    AckPolicy,
     ClientProtocol,
     DeadPeer,
     EventReceived,
     GarbageReceived,
     MessageReceived,
+    Outcome,
     ServerDisconnect,
     SessionReady,
     SessionState,
@@ -327,3 +329,62 @@ def test_start_result_after_a_stop_does_not_make_the_session_ready() -> None:
     assert p.start_result is None
     assert not any(isinstance(e, SessionReady) for e in p.events_received())
     assert p.data_to_send()  # the gate opened: the queued stop goes out
+
+
+def test_ack_policy_reacts_to_the_configured_values() -> None:
+    """With AckPolicy, "GONE" restarts the session and "SLOW" pauses; our strings do not."""
+    policy = AckPolicy(session_lost={"GONE"}, rate_limited={"SLOW"}, rate_limit_pause=2.0)
+    p = make(ack_policy=policy)
+    p.start_session(SessionOptions(), 1)
+    p.receive(start_result("r1"), 0)
+    p.data_to_send()
+    slow, gone, ours = (p.session_message(p.prepare({"n": i}, 1)) for i in range(3))
+    p.data_to_send()
+    p.receive(ack(slow, error="SLOW"), 5.0)
+    assert p.is_pending(slow) and p.next_deadline() == 7.0
+    p.receive(ack(ours, error="SESSION_NOT_FOUND"), 5.0)  # just an error here
+    assert p.refusal(ours) == "SESSION_NOT_FOUND" and p.session_state is SessionState.READY
+    p.receive(ack(gone, error="GONE"), 5.0)
+    assert p.session_state is SessionState.STARTING and p.session_restarts == 1
+
+
+def test_ack_errors_that_are_not_strings_are_final() -> None:
+    """An error object (not a string) refuses its message; it never matches a policy value."""
+    p = make()
+    mid = p.send_message(p.prepare({"n": 1}, 1))
+    p.data_to_send()
+    p.receive(ack(mid, error={"code": "RATE_LIMITED"}), 0)
+    assert p.refusal(mid) == {"code": "RATE_LIMITED"}
+
+
+def test_cancel_unwritten_cuts_only_what_was_never_written() -> None:
+    """Written messages stay (the server may have them); unwritten ones of the kinds are cut."""
+    p = make()
+    start = p.start_session(SessionOptions(), 1)
+    p.receive(start_result("r1"), 0)
+    p.data_to_send()
+    written = p.session_message(p.prepare({"a": 1}, 1), kind="audio", audio_seconds=0.04)
+    p.data_to_send()
+    p.connection_lost()  # written, unacked: to be written again, but not cut
+    text = p.session_message(p.prepare({"t": 1}, 1), kind="text")
+    audio = p.session_message(p.prepare({"a": 2}, 1), kind="audio", audio_seconds=0.04)
+    assert p.cancel_unwritten(frozenset({"audio"})) == [(audio, "audio", 0.04)]
+    assert p.outcome(audio)[0] is Outcome.CANCELLED
+    assert p.is_pending(written) and p.is_pending(text)
+    p.connection_made(1.0)
+    again = [json.loads(f[1:])["messageId"] for f in p.data_to_send()]
+    assert again == [start, written, text]  # the start was never acked either
+
+
+def test_reopen_keeps_a_ready_session() -> None:
+    """After close() and reopen(), a ready session stays ready: data goes without a start."""
+    p = make()
+    p.start_session(SessionOptions(), 1)
+    p.receive(start_result("r1"), 0)
+    p.data_to_send()
+    p.close()
+    p.reopen()
+    p.connection_made(1.0)
+    assert p.session_state is SessionState.READY
+    mid = p.session_message(p.prepare({"type": "dataSend"}, 1))
+    assert [json.loads(f[1:])["messageId"] for f in p.data_to_send()] == [mid]

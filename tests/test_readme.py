@@ -1,4 +1,4 @@
-"""The README's script quick start runs as written, against the embedded reference server."""
+"""The README's quick starts run as written, against the embedded reference server."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
 def test_script_quick_start_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """The first Python block of the README runs to the end and prints the reply."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    exec(compile(blocks[0], "README.md", "exec"), {})  # our own README
+    """The script quick start asks, hears the broadcast and prints the reply."""
+    exec(compile(_python_blocks()[0], "README.md", "exec"), {})  # our own README
     out = capsys.readouterr().out
-    assert "startResult" in out and "You said: hello" in out
+    assert "You said: hello\n" in out
+    assert "the avatar says: You said: hello" in out
+
+
+def test_interrupt_quick_start_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The interrupt quick start stops a broadcast and reports that the service was told."""
+    exec(compile(_python_blocks()[1], "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "True () False"

@@ -43,7 +43,7 @@ def query_url(
 
 @pytest.fixture
 def srv() -> Iterator[ReferenceServer]:
-    with ReferenceServer(message_id_prefix="srv_") as server:
+    with ReferenceServer(message_id_prefix="srv_", profile="echo") as server:
         yield server
 
 

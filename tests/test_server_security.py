@@ -150,7 +150,8 @@ def test_tls_whole_session(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, clients: Clients
 ) -> None:
     """With an ssl_context the server serves wss:// and a whole session runs over TLS."""
-    with ReferenceServer(ssl_context=server_tls) as server:
+    # A sentence lasts a minute: the stop always comes while it is being spoken.
+    with ReferenceServer(ssl_context=server_tls, speaking_base=60.0) as server:
         assert server.url == f"wss://127.0.0.1:{server.port}/ws"
         ws = clients.open(server, sslopt={"context": client_tls})
         assert isinstance(ws.sock, ssl.SSLSocket)
@@ -158,9 +159,11 @@ def test_tls_whole_session(
         assert ack == '6{"messageId":"start_s1"}' and '"type":"startResult"' in result
         send(ws, "m1", text("s1", "over tls"))
         assert ws.recv() == '6{"messageId":"m1"}'
-        assert '"text":"You said: over tls"' in ws.recv()
+        assert '"type":"replyContent","sessionId":"s1","text":"You said: over tls"' in ws.recv()
+        assert '"type":"broadcastStart"' in ws.recv()
         send(ws, "m2", {"type": "stop", "sessionId": "s1"})
         assert ws.recv() == '6{"messageId":"m2"}'
+        assert '"type":"broadcastEnd"' in ws.recv()
         assert '"type":"stopResult"' in ws.recv()
         session = server.session("s1")
         assert session is not None and session.texts == ["over tls"] and session.stopped
@@ -286,8 +289,11 @@ def test_credentials_pin_app_and_tenant(clients: Clients, app: str, tenant: str)
 
 @pytest.fixture
 def two_tenants(clients: Clients) -> Iterator[tuple[ReferenceServer, Any, Any]]:
-    """A server where tenant A's connection owns session sA and tenant B's owns sB."""
-    with ReferenceServer() as server:
+    """A server where tenant A's connection owns session sA and tenant B's owns sB.
+
+    Its sentences last a minute: a broadcast started in a test never ends during it.
+    """
+    with ReferenceServer(speaking_base=60.0) as server:
         a = clients.open(server, tenant="ten-a")
         b = clients.open(server, tenant="ten-b")
         start(a, "sA")
@@ -323,19 +329,25 @@ def test_other_tenant_cannot_act_on_session(
 def test_pushes_and_replies_reach_only_the_session_owner(
     two_tenants: tuple[ReferenceServer, Any, Any],
 ) -> None:
-    """send_event, send_message and replies reach only the connections bound to the session."""
+    """send_event, send_message, replies and broadcasts reach only the session's connections."""
     server, a, b = two_tenants
     assert server.send_event({"n": 1}, session_id="sA") == 1
     server.send_message({"type": "note"}, session_id="sB")
     send(b, "m1", text("sB", "mine"))
     assert b.recv().endswith('_3","content":{"type":"note"}}')
     assert b.recv() == '6{"messageId":"m1"}'
-    assert '"text":"You said: mine"' in b.recv()
+    assert '"type":"replyContent","sessionId":"sB","text":"You said: mine"' in b.recv()
+    assert '"type":"broadcastStart","sessionId":"sB"' in b.recv()
     assert a.recv() == '7{"n":1}'
     assert_nothing_pending(a)  # nothing of B's reached A
     send(a, "m1", text("sA", "mine too"))  # same message id, other tenant: not a duplicate
     assert a.recv() == '6{"messageId":"m1"}'
     assert '"text":"You said: mine too"' in a.recv()
+    assert '"type":"broadcastStart","sessionId":"sA"' in a.recv()
+    assert_nothing_pending(b)
+    assert server.interrupt("sA") is True  # the interrupt reaches A only
+    assert '"type":"broadcastEnd","sessionId":"sA"' in a.recv()
+    assert '"type":"interruptResult","sessionId":"sA","interrupted":true' in a.recv()
     assert_nothing_pending(b)
     assert server.send_event({"n": 2}, session_id="unknown") == 0
 
@@ -428,7 +440,7 @@ def test_flooding_connection_is_kicked(clients: Clients) -> None:
 
 def test_record_limit_keeps_the_latest(clients: Clients) -> None:
     """record_limit keeps the last N messages, texts and audio chunks; totals count them all."""
-    with ReferenceServer(record_limit=2) as server:
+    with ReferenceServer(record_limit=2, profile="echo") as server:
         ws = clients.open(server)
         start(ws, "s1")
         chunks = [bytes([n]) * 320 for n in range(3)]

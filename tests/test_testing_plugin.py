@@ -38,14 +38,15 @@ def test_avatar_client_is_connected_to_avatar_server(
 
 
 def test_avatar_session_answers_text(avatar_session: AvatarIM) -> None:
-    """avatar_session has a ready session and gets the default responder's reply first."""
-    message_id = avatar_session.send_text("hi")
-    content = avatar_session.receive(TIMEOUT)["content"]
-    assert content == {
-        "type": "textReply",
+    """avatar_session has a ready session; the cloud-shaped reply, then its broadcast."""
+    assert avatar_session.ask("hi", TIMEOUT).text == "You said: hi"
+    avatar_session.send_text("again")
+    reply = avatar_session.receive(TIMEOUT)
+    assert reply.family == "reply"
+    assert reply.content == {
+        "type": "replyContent",
         "sessionId": avatar_session.session_id,
-        "replyTo": message_id,
-        "text": "You said: hi",
+        "text": "You said: again",
     }
 
 

@@ -2,9 +2,13 @@
 
 :class:`ReferenceServer` speaks the wire protocol of ``avatar_im.packets`` on
 a real WebSocket, records what it processes, and lets tests push frames and
-inject faults.  See :mod:`avatar_im.server.state` for its rules and ack
-errors, :mod:`avatar_im.server.responder` for what it answers to ``dataSend``,
-and :mod:`avatar_im.server.server` for TLS, limits and allow-lists.
+inject faults.  Its default ``cloud`` profile models the service's message
+families (ASR, replies, broadcasts, interrupts); its ``echo`` profile gives the
+reference server's own exact replies.  See :mod:`avatar_im.server.state` for
+its rules and ack errors, :mod:`avatar_im.server.conversation` for the
+``cloud`` profile's conversation, :mod:`avatar_im.server.responder` for the
+``echo`` answers to ``dataSend``, and :mod:`avatar_im.server.server` for
+profiles, threads, TLS, limits and allow-lists.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         name=exc.name,
     ) from exc
 
+from .conversation import ConversationConfig, default_reply
 from .responder import Replies, Request, Responder, SessionInfo, audio_duration, default_responder
-from .server import Faults, ReferenceServer
+from .server import Faults, ReferenceServer, Reply
 from .state import (
     ACK_ERRORS,
     BAD_CONTENT,
+    CLOUD,
+    ECHO,
     FORBIDDEN,
+    PROFILES,
     RATE_LIMITED,
     SESSION_NOT_FOUND,
     TOO_MANY_SESSIONS,
@@ -34,19 +42,25 @@ from .state import (
 __all__ = [
     "ACK_ERRORS",
     "BAD_CONTENT",
+    "CLOUD",
+    "ECHO",
     "FORBIDDEN",
+    "PROFILES",
     "RATE_LIMITED",
     "SESSION_NOT_FOUND",
     "TOO_MANY_SESSIONS",
+    "ConversationConfig",
     "Credentials",
     "Faults",
     "ReferenceServer",
     "Replies",
+    "Reply",
     "Request",
     "Responder",
     "ServerStats",
     "SessionInfo",
     "SessionSnapshot",
     "audio_duration",
+    "default_reply",
     "default_responder",
 ]

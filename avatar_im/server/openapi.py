@@ -5,8 +5,10 @@ for tests and local development: point :class:`~avatar_im.aliyun.AvatarOpenAPI`
 (or any program on the SDK) at it with ``AliyunConfig(endpoint="127.0.0.1:PORT",
 protocol="http", ...)``, or take :meth:`FakeOpenAPI.config`.  With a
 :class:`~avatar_im.server.ReferenceServer` as *im_server*, the IM token of each
-instance it starts is accepted there, and stopping or expiring the instance
-revokes it: a whole start, connect, renew, stop cycle runs offline.
+instance it starts is accepted there, stopping or expiring the instance
+revokes it, and ``SendCommand`` ``INTERRUPT`` interrupts the IM session of the
+same id (:meth:`ReferenceServer.interrupt`): a whole start, connect,
+interrupt, renew, stop cycle runs offline.
 
 It needs the ``aliyun`` extra (``pip install 'avatar-im[aliyun]'``): the
 signature is checked with the SDK's own signer, imported when the fake is made.
@@ -253,7 +255,8 @@ class FakeOpenAPI:
     Requests signed with another secret, or for another access key id, are
     refused as the real service does.  *im_server* (optional) gets each
     started instance's IM token with ``allow_token`` and loses it with
-    ``expire_token`` when the instance stops or :meth:`expire` renews it.
+    ``expire_token`` when the instance stops or :meth:`expire` renews it; each
+    accepted ``SendCommand`` ``INTERRUPT`` calls its ``interrupt(session_id)``.
     """
 
     def __init__(
@@ -724,6 +727,8 @@ class FakeOpenAPI:
         with self._lock:
             self._running(session_id)
             self._interrupts.append(session_id)
+        if self._im_server is not None:  # outside the lock, as every call to the IM server
+            self._im_server.interrupt(session_id)
         return {"SessionId": session_id, "UniqueCode": code}
 
     _actions: ClassVar[dict[str, Callable[[FakeOpenAPI, dict[str, str], str], Any]]] = {

@@ -1,14 +1,18 @@
 """What the reference server answers to ``dataSend``: the responder interface and its default.
 
 A *responder* is a callable ``responder(request) -> reply contents``.  The
-server calls it once per processed ``dataSend`` message, after the message is
-recorded and acknowledged, outside every lock, on the thread that read the
-message.  Each returned content is sent back to the sending connection as a
-server ``5`` message.  A responder that raises is logged; the message stays
-acknowledged and gets no reply.
+server calls it once per processed ``dataSend`` message with text or audio
+(not while the session is suspended), after the message is recorded and
+acknowledged, outside every lock, on the thread that read the message.  Each
+returned content is sent back to the sending connection as a server ``5``
+message.  A responder that raises is logged; the message stays acknowledged
+and gets no reply.
 
-:func:`default_responder` has no intelligence on purpose: it echoes text and
-reports what audio it received, so tests can check exact replies.
+:func:`default_responder` is the ``echo`` profile's: it has no intelligence on
+purpose, it echoes text and reports what audio it received, so tests can check
+exact replies.  The ``cloud`` profile has no responder: its answers are the
+conversation's (:mod:`.conversation`); giving the server a responder replaces
+them (no ``asrContent``, ``replyContent`` or broadcast then).
 
 Pure: no threads, no sockets, no clock.
 """
@@ -20,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from ..families import BY_NAME, FIELDS
 from ..options import SessionOptions
 
 __all__ = [
@@ -113,18 +118,18 @@ def default_responder(request: Request) -> list[dict[str, Any]]:
     if request.text is not None:
         return [
             {
-                "type": "textReply",
-                "sessionId": request.session_id,
-                "replyTo": request.message_id,
-                "text": f"You said: {request.text}",
+                "type": BY_NAME["text_reply"].wire_type,
+                FIELDS["session_id"]: request.session_id,
+                FIELDS["reply_to"]: request.message_id,
+                FIELDS["text"]: f"You said: {request.text}",
             }
         ]
     if request.audio is not None:
         return [
             {
-                "type": "audioReceived",
-                "sessionId": request.session_id,
-                "replyTo": request.message_id,
+                "type": BY_NAME["audio_received"].wire_type,
+                FIELDS["session_id"]: request.session_id,
+                FIELDS["reply_to"]: request.message_id,
                 "bytes": len(request.audio),
                 "durationMs": _milliseconds(request.audio_duration),
                 "totalBytes": request.session.audio_total_bytes,

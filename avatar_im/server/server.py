@@ -5,26 +5,68 @@ the rules of :mod:`.state` to what clients send.  It is for tests and local
 development: it records everything it processes, lets tests push frames and
 inject faults, and can drop and re-open its listening socket on the same port.
 
+Profiles (what the server answers; the ack rules are the same in both):
+
+* ``cloud`` (the default) models the message families the original SDK names
+  (their strings are in :mod:`avatar_im.families`, *modelled*): ``startResult``,
+  ``stopResult``, ``suspendResult``, ``recoverResult``, ``asrContent`` from a
+  speech detection over the audio, ``replyContent`` (the *reply* callable's
+  answer to a text sent or heard), ``broadcastStart``/``broadcastEnd`` as the
+  avatar speaks each answer, ``interruptResult``; ``refreshContext`` gets no
+  answer.  The conversation rules are in :mod:`.conversation`.  Every frame of
+  a session goes to every connection bound to it.  Every frame the server sends
+  a connection (but ``1``, and what :meth:`ReferenceServer.send_event`,
+  :meth:`~ReferenceServer.send_message` and :meth:`~ReferenceServer.send_raw`
+  send at once) goes through its due queue (below), in the order it was
+  decided: a message's ack comes before what it caused, and a ``4`` after
+  every frame decided before its ``3`` arrived.
+* ``echo`` is the reference server's own exact answers, for tests that check
+  bytes: ``textReply`` and ``audioReceived`` from :func:`.responder.default_responder`
+  and ``refreshResult``, each sent to the sending connection only, by its
+  handler thread, after the ack; results (``startResult``, ``stopResult``...)
+  likewise.  ``interrupt()`` pushes ``interruptResult`` as in ``cloud``.
+
+A custom *responder* replaces the profile's answers to ``dataSend`` text and
+audio in both (no ``asrContent``, ``replyContent`` or broadcast then).
+
+Routing after a reconnect: a new connection is bound at once to the sessions of
+its (app, tenant) that the same token used last and that have no connection
+(orphaned, within their grace period), so that pushes reach it before it sends
+anything; it is never bound across (app, tenant).
+
 Threads (all of them are ended by :meth:`ReferenceServer.stop`):
 
 * the accept thread runs ``websockets``' ``Server.serve_forever``;
 * ``websockets`` starts one handler thread per connection, which runs
   :meth:`ReferenceServer._serve_connection`, and one ``recv_events`` thread;
+  the handler thread sends ``1`` and, in the ``echo`` profile, pongs,
+  immediate acks and replies (in ``cloud`` it queues them), and calls the
+  responder and the *reply* callable;
 * the timer thread (:class:`.timer.Timer`) forgets sessions whose grace
-  period ran out and, when a delayed ack comes due, only puts it on its
-  connection's ack queue: it never sends, so it never blocks on a peer;
-* one ack sender thread per connection that has had a delayed ack (started
-  with the first one) sends that connection's due acks, in order.  A peer that
-  stops reading blocks its own sender (and its own handler thread, which sends
-  replies) and nothing else: every other connection's acks keep their times.
+  period ran out, advances the conversations whose deadline came (a sentence
+  ends, the next one starts, an utterance ends for lack of audio) and, when a
+  delayed ack comes due, only puts it on its connection's due queue.  It never
+  sends, so it never blocks on a peer; it may call the *reply* callable (for an
+  utterance ended by its gap), which must be quick;
+* one sender thread per connection that has had a frame queued (started with
+  the first one: a delayed ack, an :meth:`ReferenceServer.interrupt` push, or
+  anything in ``cloud``) sends that connection's due frames, in order.  A peer
+  that stops reading blocks its own sender (and, in ``echo``, its own handler
+  thread) and nothing else: every other connection's frames keep their times.
   It exits when its connection closes (its handler thread queues an end
-  marker; a blocked send fails once the socket is shut down);
+  marker; a blocked send fails once the socket is shut down).  The queue may
+  hold an event to wait for: the pushes queued for a connection bound as it
+  opened (below) wait until its handler thread has sent ``1``.  A ``2`` sent
+  before closing (idle timeout, kick, :meth:`ReferenceServer.disconnect`) is
+  queued too, and the close waits for it (at most ``CLOSE_TIMEOUT``);
 * :meth:`ReferenceServer.disconnect` starts one short-lived closer thread per
   connection, so that it never waits for a peer's closing handshake.
 
-Locks: ``_lock`` guards all the server's state (one lock; see its comment);
-``_lifecycle`` serialises start, stop and restart.  No frame is sent and no
-responder is called with ``_lock`` held.
+Locks: ``_lock`` guards all the server's state (one lock; see its comment),
+conversations and due queues included: a conversation step and the queuing of
+what it gives happen under one hold, so frames are queued in the order they
+happen; ``_lifecycle`` serialises start, stop and restart.  No frame is sent
+and no responder or *reply* is called with ``_lock`` held.
 
 Safety (for a server that users run on their machines):
 
@@ -78,11 +120,14 @@ from websockets.http11 import Request as HandshakeRequest
 from websockets.http11 import Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from ..exceptions import InvalidArgumentError, ProtocolError
+from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError, ProtocolError
 from ..packets import Packet, PacketType, decode_frame, encode_frame
 from ..urls import redact_url
+from .conversation import DEFAULT_CONFIG, ConversationConfig, default_reply
 from .responder import Replies, Request, Responder, default_responder
 from .state import (
+    CLOUD,
+    ECHO,
     Admission,
     Command,
     Credentials,
@@ -98,7 +143,10 @@ from .state import (
 )
 from .timer import Timer
 
-__all__ = ["Faults", "ReferenceServer"]
+__all__ = ["Faults", "ReferenceServer", "Reply"]
+
+#: The cloud profile's answer: the reply text to a text sent or heard (``None``: no answer).
+Reply = Callable[[str], "str | None"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +222,21 @@ class Faults:
     refuse_handshake: int | None = attrs.field(default=None, validator=_refusal_status)
 
 
+@attrs.frozen
+class _DueFrame:
+    """A frame for a connection's sender thread to send, and what to count it as."""
+
+    frame: str
+    kind: str = "message"  # "ack" and "pong" are counted in the stats when sent
+    sent: threading.Event | None = None  # set once sent (or failed): a closer waits on it
+
+
+#: What a connection's due queue holds: a frame to send; an Event to wait for before going on
+#: (set by the handler thread once it has sent `1`, for an adopted connection); or None, the
+#: end marker, queued once the connection closed.
+_Due = _DueFrame | threading.Event | None
+
+
 @attrs.define(eq=False)
 class _Connection:
     """One open WebSocket connection and who it belongs to."""
@@ -181,12 +244,16 @@ class _Connection:
     id: int
     ws: ServerConnection
     peer: Peer
-    # Delayed acks that came due, in due order, then None once the connection closed.  The
-    # timer thread puts (a SimpleQueue put never blocks); the ack sender takes.
-    due_acks: queue.SimpleQueue[str | None] = attrs.field(factory=queue.SimpleQueue)
-    # The ack sender thread (see ReferenceServer._send_due_acks), started with the first
-    # delayed ack by the handler thread, which alone sets it; None until then.
-    ack_sender: threading.Thread | None = None
+    # Frames to send in order (due acks, and the cloud profile's pushes), then None once the
+    # connection closed.  Filled with _lock held by _enqueue() (from the handler, timer and
+    # caller threads; a SimpleQueue put never blocks); emptied by the sender thread.
+    due: queue.SimpleQueue[_Due] = attrs.field(factory=queue.SimpleQueue)
+    # The sender thread (see ReferenceServer._send_due_frames), started by _enqueue() with the
+    # first frame queued; None until then.  Set with _lock held.
+    sender: threading.Thread | None = None
+    # Set with _lock held as the handler thread ends, with the end marker queued: no frame
+    # is queued after it, and no sender thread is started for it any more.
+    closed: bool = False
 
 
 def _shutdown_socket(sock: socket.socket) -> None:
@@ -219,8 +286,23 @@ class ReferenceServer:
             ...
 
     *credentials* ``None`` accepts any non-empty ``t``, ``app`` and ``tenant``;
-    otherwise only the given :class:`Credentials`.  *responder* answers
-    ``dataSend`` messages (default :func:`default_responder`).  Sessions with
+    otherwise only the given :class:`Credentials`.
+
+    *profile* is ``"cloud"`` (the default: the modelled families) or ``"echo"``
+    (the reference server's own exact replies); see the module docstring.
+    *reply* makes the ``cloud`` profile's answer to a text (sent, or heard in
+    audio): ``reply(text) -> str``, or ``None`` for no answer (default
+    ``"You said: <text>"``); it runs outside every lock and must not block.
+    Each answer is spoken in ``speaking_base + len(answer) / speaking_rate``
+    seconds (defaults 0.3 s and 15 characters per second).  The speech
+    detection takes a chunk whose peak ``|sample|`` is above *vad_threshold*
+    (default 1000) as voiced, and ends an utterance after *vad_end_silence*
+    seconds of unvoiced audio (default 0.4) or *vad_end_gap* seconds with no
+    audio (default 0.6).  :meth:`hear` sets what it hears.
+
+    *responder* answers ``dataSend`` text and audio instead of the profile
+    (default: :func:`default_responder` in ``echo``, the conversation in
+    ``cloud``).  Sessions with
     no connection are forgotten after *session_grace* seconds (``None``:
     never).  A connection with no client frame for *idle_timeout* seconds gets
     ``2{"reason":"HEARTBEAT_TIMEOUT"}`` and is closed (``None``: never).
@@ -258,6 +340,13 @@ class ReferenceServer:
         rate_burst: int = DEFAULT_RATE_BURST,
         record_limit: int | None = None,
         message_id_prefix: str | None = None,
+        profile: str = CLOUD,
+        reply: Reply | None = None,
+        speaking_rate: float = DEFAULT_CONFIG.speaking_rate,
+        speaking_base: float = DEFAULT_CONFIG.speaking_base,
+        vad_threshold: int = DEFAULT_CONFIG.vad_threshold,
+        vad_end_silence: float = DEFAULT_CONFIG.end_silence,
+        vad_end_gap: float = DEFAULT_CONFIG.end_gap,
     ) -> None:
         if session_grace is not None and session_grace < 0:
             raise ValueError(f"session_grace must be >= 0 or None, got {session_grace!r}")
@@ -279,7 +368,20 @@ class ReferenceServer:
         # Expired tokens -> the reason their connections were sent; refused with 401 until
         # allowed again.  Guarded by _lock.  Grows by one per expired token: a test server's.
         self._expired: dict[str, str] = {}
-        self._responder: Responder = default_responder if responder is None else responder
+        if reply is not None and not callable(reply):
+            raise TypeError(f"reply must be a callable, got {reply!r}")
+        conversation = ConversationConfig(
+            speaking_rate=speaking_rate,
+            speaking_base=speaking_base,
+            vad_threshold=vad_threshold,
+            end_silence=vad_end_silence,
+            end_gap=vad_end_gap,
+        )
+        # The echo profile's answers are default_responder's; the cloud profile has none.
+        self._responder: Responder | None = (
+            default_responder if responder is None and profile == ECHO else responder
+        )
+        self._reply: Reply = default_reply if reply is None else reply
         self._session_grace = session_grace
         self._idle_timeout = idle_timeout
         self._max_size = max_size
@@ -287,9 +389,11 @@ class ReferenceServer:
         self._ssl_context = ssl_context
         self.faults = Faults()
 
-        # The one lock around the server's state: _state (sessions, ids, counters),
-        # _connections, _opening, _sockets, _accepting and _closers.  Reentrant so that wait_for()
-        # predicates, which run with it held, may call session() and stats.
+        # The one lock around the server's state: _state (sessions and their conversations,
+        # ids, counters, heard texts), _armed, _connections (and each one's sender and closed
+        # flag, and what is put on its due queue), _opening, _sockets, _accepting, _closers
+        # and _senders.  Reentrant so that wait_for() predicates, which run with it held, may
+        # call session() and stats.
         self._lock = threading.RLock()
         # Notified (with _lock) after every change of that state; wait_for() waits on it.
         self._changed = threading.Condition(self._lock)
@@ -299,7 +403,18 @@ class ReferenceServer:
             rate_limit=rate_limit,
             rate_burst=rate_burst,
             record_limit=record_limit,
+            profile=profile,
+            custom_responder=responder is not None,
+            conversation=conversation,
         )
+        # In the cloud profile every frame a connection's handler or the server sends it (`1`
+        # and send_event/send_message/send_raw excepted) goes through its due queue, so that
+        # it arrives in the order it was decided; in the echo profile only delayed acks and
+        # interrupt() pushes do, and the handler thread sends the rest, as it always did.
+        self._queued = profile == CLOUD
+        # Session id -> the deadline of the earliest conversation tick scheduled on the timer
+        # for it (see _arm()).  Guarded by _lock.
+        self._armed: dict[str, float] = {}
         self._connections: dict[int, _Connection] = {}
         # Sockets whose handshake was accepted but whose connection is not registered yet:
         # they count against max_connections, so that concurrent handshakes cannot exceed it.
@@ -326,17 +441,19 @@ class ReferenceServer:
         # _close_listener() calls Server.shutdown().  One per listening period (restart()
         # makes a new one).
         self._accept_thread: threading.Thread | None = None
-        # See Timer: sends delayed acks and forgets orphaned sessions; exits on stop().
+        # See Timer: queues delayed acks, advances conversations (queuing their frames) and
+        # forgets orphaned sessions; never sends; exits on stop().
         self._timer = Timer(name="avatar-im-server-timer")
         # Closer threads started by disconnect(): each runs one ServerConnection.close(),
         # blocking until the peer answers the close frame, CLOSE_TIMEOUT passes or stop()
         # shuts the socket down; each removes itself from this set when done.
         self._closers: set[threading.Thread] = set()
-        # Ack sender threads, one per connection that had a delayed ack: each blocks on its
-        # connection's due_acks queue, and in sending to its own peer only; it exits on the
-        # None its handler thread queues as the connection ends, and removes itself from this
-        # set.  stop() joins them after every handler thread has ended.
-        self._ack_senders: set[threading.Thread] = set()
+        # Sender threads, one per connection that had a frame queued (a delayed ack, or a
+        # push of the cloud profile): each blocks on its connection's due queue, and in
+        # sending to its own peer only; it exits on the None its handler thread queues as the
+        # connection ends, and removes itself from this set.  stop() joins them after every
+        # handler thread has ended.  Guarded by _lock.
+        self._senders: set[threading.Thread] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -357,11 +474,11 @@ class ReferenceServer:
         """
         with self._lifecycle:
             if self._phase == "running":
-                # Ends every handler thread, and so queues the end marker of every ack sender.
+                # Ends every handler thread, and so queues the end marker of every sender.
                 self._close_listener()
                 self._timer.stop(JOIN_TIMEOUT)
                 with self._lock:
-                    threads = [*self._closers, *self._ack_senders]
+                    threads = [*self._closers, *self._senders]
                 for thread in threads:
                     thread.join(JOIN_TIMEOUT)
                 logger.info("reference server on port %d stopped", self._port)
@@ -381,6 +498,7 @@ class ReferenceServer:
             if not keep_state:
                 with self._changed:
                     self._state.reset()
+                    self._armed.clear()
                     self._changed.notify_all()
             self._listen(self._port)
             logger.info("reference server restarted (keep_state=%s)", keep_state)
@@ -531,23 +649,38 @@ class ReferenceServer:
             # connection registered or has marked the token expired before this check.
             expired_reason = self._expired.get(peer.token)
             self._opening.discard(ws.socket)
+            # Held back until `1` is sent: frames queued for the sessions adopted below.
+            accepted = threading.Event()
+            adopted: list[str] = []
             if expired_reason is None:
                 conn = _Connection(next(self._connection_ids), ws, peer)
                 self._connections[conn.id] = conn
                 self._state.stats.connections_total += 1
                 self._state.stats.connections_open += 1
+                # Bound at once, so that pushes reach it before it sends anything.
+                adopted = self._state.adopt(conn.id, peer)
+                if adopted:
+                    self._enqueue(conn, accepted)
             self._changed.notify_all()
         if expired_reason is not None:  # the token expired during the opening handshake
             self._send_to(ws, encode_frame(PacketType.DISCONNECT, {"reason": expired_reason}))
             ws.close()
             return
         logger.info("connection %d open (app=%s, tenant=%s)", conn.id, peer.app_id, peer.tenant_id)
+        if adopted:
+            logger.info("connection %d bound to orphaned session(s) %s", conn.id, adopted)
         try:
-            if self._send(conn, encode_frame(PacketType.ACCEPTED)):
+            try:
+                sent = self._send(conn, encode_frame(PacketType.ACCEPTED))
+            finally:
+                accepted.set()
+            if sent:
                 self._read(conn)
         finally:
-            conn.due_acks.put(None)  # ends the ack sender, if any, after the acks already due
             with self._changed:
+                # Ends the sender, if any, after the frames already queued.
+                conn.closed = True
+                conn.due.put(None)
                 del self._connections[conn.id]
                 self._state.stats.connections_open -= 1
                 orphans = self._state.detach(conn.id)
@@ -568,7 +701,7 @@ class ReferenceServer:
                 data = conn.ws.recv(None if deadline is None else deadline - time.monotonic())
             except TimeoutError:
                 logger.info("connection %d: no frame for %s s, closing", conn.id, idle)
-                self._send(
+                self._send_last(
                     conn, encode_frame(PacketType.DISCONNECT, {"reason": "HEARTBEAT_TIMEOUT"})
                 )
                 conn.ws.close()
@@ -588,7 +721,9 @@ class ReferenceServer:
             self._changed.notify_all()
         if admission is Admission.KICK:
             logger.warning("connection %d: still flooding over its rate limit, kicked", conn.id)
-            self._send(conn, encode_frame(PacketType.DISCONNECT, {"reason": "CONNECTION_KICK_OUT"}))
+            self._send_last(
+                conn, encode_frame(PacketType.DISCONNECT, {"reason": "CONNECTION_KICK_OUT"})
+            )
             conn.ws.close()
             return False
         logger.debug("connection %d > %.200r", conn.id, data)
@@ -602,7 +737,7 @@ class ReferenceServer:
             self._on_rate_limited(conn, packet)
         elif packet.type is PacketType.PING:
             if self.faults.answer_heartbeats:
-                self._send_pong(conn)
+                self._answer_ping(conn)
         elif packet.type is PacketType.MESSAGE:
             self._on_message(conn, packet)
         else:
@@ -635,15 +770,29 @@ class ReferenceServer:
             outcome = self._state.handle_message(
                 conn.peer, conn.id, message_id, command, now=time.monotonic()
             )
+            session_id = outcome.session_id
+            if self._queued:  # the ack, then the pushes, queued in one hold: in this order
+                self._ack(conn, outcome.ack)
+            if session_id is not None:
+                self._push(session_id, outcome.pushes)
+                self._arm(session_id)
             self._changed.notify_all()
         logger.debug("connection %d: message %s -> %s", conn.id, message_id, outcome.ack)
-        self._ack(conn, outcome.ack)
+        if not self._queued:
+            self._ack(conn, outcome.ack)
         for content in outcome.replies:
             self._send_content(conn, content)
         if outcome.request is not None:
             self._respond(conn, outcome.request)
+        if session_id is not None and outcome.answers:
+            self._answer(session_id, outcome.answers)
 
     def _ack(self, conn: _Connection, body: dict[str, Any]) -> None:
+        """Send, queue, delay or drop (as the faults say) the ack *body* to *conn*.
+
+        Queued in the ``cloud`` profile (then ``_lock`` may be held), else sent
+        at once (then ``_lock`` must not be held).
+        """
         faults = self.faults
         if faults.drop_acks:
             logger.debug("connection %d: ack dropped (fault): %s", conn.id, body)
@@ -653,45 +802,168 @@ class ReferenceServer:
         if delay > 0:
             # The timer thread is shared by every connection: it only queues the due ack, and
             # this connection's own sender thread sends it (see the module docstring).
-            self._start_ack_sender(conn)
-            self._timer.call_later(delay, functools.partial(conn.due_acks.put, frame))
+            self._timer.call_later(delay, functools.partial(self._queue_ack, conn, frame))
+        elif self._queued:
+            with self._lock:
+                self._enqueue(conn, _DueFrame(frame, kind="ack"))
         else:
             self._send_ack(conn, frame)
 
-    def _start_ack_sender(self, conn: _Connection) -> None:
-        """Start *conn*'s ack sender thread unless it has one.  On *conn*'s handler thread."""
-        if conn.ack_sender is not None:
-            return
-        thread = threading.Thread(
-            target=self._send_due_acks,
-            args=(conn,),
-            name=f"avatar-im-server-acks-{conn.id}",
-            # Like the timer: a server that is never stopped must not keep the process alive.
-            daemon=True,
-        )
-        conn.ack_sender = thread
+    def _queue_ack(self, conn: _Connection, frame: str) -> None:
+        """Queue a delayed ack that came due.  On the timer thread."""
         with self._lock:
-            self._ack_senders.add(thread)
-        thread.start()
+            self._enqueue(conn, _DueFrame(frame, kind="ack"))
 
-    def _send_due_acks(self, conn: _Connection) -> None:
-        """The ack sender thread: send *conn*'s due acks until its end marker."""
+    def _enqueue(self, conn: _Connection, item: _DueFrame | threading.Event) -> bool:
+        """Queue *item* for *conn*'s sender thread, started here if need be.  Needs ``_lock``.
+
+        Never blocks.  Return ``False`` (and drop *item*) if *conn* has closed.
+        """
+        if conn.closed:
+            return False
+        if conn.sender is None:
+            thread = threading.Thread(
+                target=self._send_due_frames,
+                args=(conn,),
+                name=f"avatar-im-server-sender-{conn.id}",
+                # Like the timer: a server that is never stopped must not keep the process alive.
+                daemon=True,
+            )
+            conn.sender = thread
+            self._senders.add(thread)
+            thread.start()
+        conn.due.put(item)
+        return True
+
+    def _send_due_frames(self, conn: _Connection) -> None:
+        """The sender thread: send *conn*'s due frames, in order, until its end marker."""
         try:
             # Ends on the None that _serve_connection queues as the connection ends.
-            while (frame := conn.due_acks.get()) is not None:
-                self._send_ack(conn, frame)
+            while (item := conn.due.get()) is not None:
+                if isinstance(item, threading.Event):
+                    item.wait()  # set by the handler thread in a finally: never left unset
+                    continue
+                try:
+                    if item.kind == "ack":
+                        self._send_ack(conn, item.frame)
+                    elif item.kind == "pong":
+                        self._send_pong(conn, item.frame)
+                    else:
+                        self._send(conn, item.frame)
+                finally:
+                    if item.sent is not None:
+                        item.sent.set()
         finally:
             with self._lock:
-                self._ack_senders.discard(threading.current_thread())
+                self._senders.discard(threading.current_thread())
+
+    def _send_last(self, conn: _Connection, frame: str) -> None:
+        """Send *frame* after every frame queued for *conn*, before closing it.
+
+        In the ``cloud`` profile, waits (at most ``CLOSE_TIMEOUT``) for *conn*'s
+        sender to reach it; a peer that does not read is closed all the same.
+        """
+        if self._queued:
+            sent = threading.Event()
+            with self._lock:
+                queued = self._enqueue(conn, _DueFrame(frame, sent=sent))
+            if queued:
+                if not sent.wait(CLOSE_TIMEOUT):
+                    logger.info("connection %d: not reading, closed before its last frame", conn.id)
+                return
+        self._send(conn, frame)
+
+    # --- the cloud profile's conversations ----------------------------------------------
+
+    def _push(self, session_id: str, contents: list[dict[str, Any]]) -> None:
+        """Queue *contents* for every connection bound to *session_id*.  Needs ``_lock``.
+
+        Each content is one server ``5`` (one message id for all connections).
+        """
+        if not contents:
+            return
+        ids = sorted(self._state.connections_of(session_id))
+        targets = [self._connections[i] for i in ids if i in self._connections]
+        frames = [
+            encode_frame(
+                PacketType.MESSAGE, {"messageId": self._new_message_id(), "content": content}
+            )
+            for content in contents
+        ]
+        for conn in targets:
+            for frame in frames:
+                self._enqueue(conn, _DueFrame(frame))
+
+    def _arm(self, session_id: str) -> None:
+        """Schedule a tick at *session_id*'s next conversation deadline.  Needs ``_lock``.
+
+        Only one tick is kept per session, the earliest: a later deadline is
+        scheduled by that tick, once it has run.
+        """
+        deadline = self._state.next_deadline(session_id)
+        if deadline is None:
+            return
+        armed = self._armed.get(session_id)
+        if armed is not None and armed <= deadline:
+            return
+        self._armed[session_id] = deadline
+        self._timer.call_later(
+            max(0.0, deadline - time.monotonic()),
+            functools.partial(self._tick, session_id, deadline),
+        )
+
+    def _tick(self, session_id: str, deadline: float) -> None:
+        """Advance *session_id*'s conversation, queuing what it gives.  On the timer thread."""
+        with self._changed:
+            if self._armed.get(session_id) == deadline:
+                del self._armed[session_id]
+            # The timer fires at the deadline or later; never advance to a time before it.
+            pushes, answers = self._state.advance(session_id, now=max(time.monotonic(), deadline))
+            self._push(session_id, pushes)
+            self._arm(session_id)
+            self._changed.notify_all()
+        if answers:
+            self._answer(session_id, answers)
+
+    def _answer(self, session_id: str, texts: list[str]) -> None:
+        """Answer each heard or sent text with the reply callable; queue the answers.
+
+        With no lock held, on the handler thread of the message (or the timer
+        thread, for an utterance ended by its gap).
+        """
+        for text in texts:
+            try:
+                answer = self._reply(text)
+            except Exception:
+                logger.exception("reply failed on a text of session %s", session_id)
+                continue
+            if answer is None:
+                continue
+            if not isinstance(answer, str):
+                logger.error("reply returned a %s, not a str: dropped", type(answer).__name__)
+                continue
+            with self._changed:
+                self._push(session_id, self._state.say(session_id, answer, now=time.monotonic()))
+                self._arm(session_id)
+                self._changed.notify_all()
 
     # The counters of sent frames are raised before sending (and lowered again if the send
     # fails), so that a client that has received a frame already sees it counted.
 
-    def _send_pong(self, conn: _Connection) -> None:
+    def _answer_ping(self, conn: _Connection) -> None:
+        """Answer a ``3`` with ``4``: queued in the ``cloud`` profile, else sent at once."""
+        frame = encode_frame(PacketType.PONG)
+        if self._queued:
+            with self._lock:
+                self._enqueue(conn, _DueFrame(frame, kind="pong"))
+        else:
+            self._send_pong(conn, frame)
+
+    def _send_pong(self, conn: _Connection, frame: str) -> None:
         with self._changed:
             self._state.stats.pings_answered += 1
             self._changed.notify_all()
-        if not self._send(conn, encode_frame(PacketType.PONG)):
+        if not self._send(conn, frame):
             with self._changed:
                 self._state.stats.pings_answered -= 1
                 self._changed.notify_all()
@@ -706,6 +978,8 @@ class ReferenceServer:
                 self._changed.notify_all()
 
     def _respond(self, conn: _Connection, request: Request) -> None:
+        if self._responder is None:  # the state asks for one only when there is one
+            return
         try:
             replies = self._responder(request)
         except Exception:
@@ -719,9 +993,16 @@ class ReferenceServer:
             self._send_content(conn, content)
 
     def _send_content(self, conn: _Connection, content: Mapping[str, Any]) -> str:
+        """Send a server ``5`` to *conn* (queued in the ``cloud`` profile); return its id."""
         message_id = self._new_message_id()
-        body = {"messageId": message_id, "content": dict(content)}
-        self._send(conn, encode_frame(PacketType.MESSAGE, body))
+        frame = encode_frame(
+            PacketType.MESSAGE, {"messageId": message_id, "content": dict(content)}
+        )
+        if self._queued:
+            with self._lock:
+                self._enqueue(conn, _DueFrame(frame))
+        else:
+            self._send(conn, frame)
         return message_id
 
     def _new_message_id(self) -> str:
@@ -811,6 +1092,42 @@ class ReferenceServer:
             self._send(conn, frame)
         return message_id
 
+    def interrupt(self, session_id: str) -> bool:
+        """Interrupt *session_id*, as the OpenAPI ``SendCommand`` ``INTERRUPT`` does.
+
+        The sentence being spoken ends (``broadcastEnd`` with ``interrupted``
+        true), the queued ones and a partial utterance are dropped, then
+        ``interruptResult`` goes to every connection bound to the session (in
+        both profiles).  Return whether a sentence was being spoken; ``False``,
+        with nothing sent, for a session that is unknown or stopped.
+        """
+        with self._changed:
+            result = self._state.interrupt(session_id, now=time.monotonic())
+            if result is None:
+                return False
+            interrupted, pushes = result
+            self._push(session_id, pushes)
+            self._arm(session_id)
+            self._changed.notify_all()
+        logger.info("session %s interrupted (speaking: %s)", session_id, interrupted)
+        return interrupted
+
+    def hear(self, text: str, session_id: str | None = None) -> None:
+        """Make *text* what the server hears in the next utterance that ends.
+
+        With *session_id*, in that session's next utterance (it need not be
+        started yet); else in the next utterance of any session that has none of
+        its own queued.  Texts are used in the order queued; once none is left,
+        the server hears ``"<seconds> seconds of speech"``.
+        """
+        if not isinstance(text, str):
+            raise InvalidArgumentTypeError(f"text must be a str, got {type(text).__name__}")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise InvalidArgumentError("session_id must be a non-empty str or None")
+        with self._changed:
+            self._state.hear(text, session_id)
+            self._changed.notify_all()
+
     def send_raw(self, frame: str | bytes) -> int:
         """Send *frame* as is to every connection (bytes as a binary frame); return how many."""
         return sum(self._send(conn, frame) for conn in self._targets(None))
@@ -818,7 +1135,8 @@ class ReferenceServer:
     def disconnect(self, reason: str) -> int:
         """Send ``2{"reason": reason}`` to every connection, then close each; return how many.
 
-        Returns once the frames are sent: the closing handshakes go on in the background.
+        Returns once the frames are sent (queued behind the frames already due,
+        in the ``cloud`` profile): the closing handshakes go on in the background.
         """
         return self._disconnect(self._targets(None), reason)
 
@@ -826,10 +1144,17 @@ class ReferenceServer:
         """Send ``2{"reason": reason}`` to each of *conns*, then close it in the background."""
         frame = encode_frame(PacketType.DISCONNECT, {"reason": reason})
         for conn in conns:
-            self._send(conn, frame)
+            sent: threading.Event | None = None
+            if self._queued:
+                sent = threading.Event()
+                with self._lock:
+                    if not self._enqueue(conn, _DueFrame(frame, sent=sent)):
+                        sent = None  # closed already
+            else:
+                self._send(conn, frame)
             closer = threading.Thread(
                 target=self._close_connection,
-                args=(conn,),
+                args=(conn, sent),
                 name=f"avatar-im-server-close-{conn.id}",
             )
             with self._lock:
@@ -882,8 +1207,11 @@ class ReferenceServer:
         )
         return self._disconnect(conns, reason)
 
-    def _close_connection(self, conn: _Connection) -> None:
+    def _close_connection(self, conn: _Connection, sent: threading.Event | None) -> None:
+        """The closer thread: close *conn* once its ``2`` is *sent* (or ``CLOSE_TIMEOUT``)."""
         try:
+            if sent is not None:
+                sent.wait(CLOSE_TIMEOUT)
             conn.ws.close()
         finally:
             with self._lock:

@@ -1,10 +1,13 @@
 """The reference server's rules: handshake checks, session messages, sessions and counters.
 
 :class:`ServerState` decides, for each received ``5`` message, the ack to send,
-the server replies to send and the :class:`~.responder.Request` to give the
-responder; it keeps the sessions, the remembered message ids, the per-connection
-rate limits and the counters.  :func:`authorize` decides whether a handshake is
-accepted.  :func:`parse_content` validates a message's ``content``.
+the contents to answer with (*replies* to the sender in the ``echo`` profile,
+*pushes* to every connection of the session in the ``cloud`` profile), the
+:class:`~.responder.Request` to give a responder and the texts to answer; it
+keeps the sessions (each with its :class:`~.conversation.Conversation`), the
+remembered message ids, the per-connection rate limits and the counters.
+:func:`authorize` decides whether a handshake is accepted.
+:func:`parse_content` validates a message's ``content``.
 
 Before any rule, every client frame (``3``, ``5`` or garbage) passes the
 connection's rate limit, when one is configured (:meth:`ServerState.admit`, a
@@ -30,12 +33,36 @@ The rules, in the order they are applied to a ``5`` message:
 4. ``start`` creates or restarts the session; creating one when
    ``max_sessions`` sessions are known already is refused with
    ``TOO_MANY_SESSIONS`` (every known session counts, stopped ones too, until
-   it is forgotten after its grace period).  ``dataSend``, ``refreshContext``
-   and ``stop`` need the session started and not stopped, else
-   ``SESSION_NOT_FOUND``.
+   it is forgotten after its grace period).  ``dataSend``, ``refreshContext``,
+   ``suspend``, ``recover`` and ``stop`` need the session started and not
+   stopped, else ``SESSION_NOT_FOUND``.
 5. A processed message binds the connection to its session and is recorded.
-   Only processed messages bind: a connection is never bound to a session of
-   another (app, tenant), so it never receives that session's pushes.
+   Only processed messages bind, and :meth:`ServerState.adopt` (a new
+   connection of the token that used an orphaned session last): a connection
+   is never bound to a session of another (app, tenant), so it never receives
+   that session's pushes.
+
+What a processed message gives (wire strings from :mod:`avatar_im.families`):
+
+* ``start``: ``startResult`` ``{type, sessionId, format, sampleRate}`` (a
+  restart first ends a broadcast, as ``stop``); ``stop``: a partial utterance's
+  ``asrContent``, the broadcast ended (``broadcastEnd`` interrupted, queue
+  dropped), then ``stopResult`` ``{type, sessionId}``; ``suspend`` and
+  ``recover``: ``suspendResult``/``recoverResult`` ``{type, sessionId}``.
+  Both profiles.
+* ``refreshContext``: ``refreshResult`` in ``echo``, nothing in ``cloud``.
+  ``start`` and ``refreshContext`` may carry other keys, recorded as the
+  session's ``extras`` and otherwise ignored.
+* ``dataSend``: with ``duplexCommand`` ``{"robotAction": "INTERRUPT"}``, an
+  interrupt first (see :mod:`.conversation`; in ``echo`` only the
+  ``interruptResult``).  Then its text or audio, recorded always; while the
+  session is suspended, nothing more.  Else a custom responder's
+  :class:`~.responder.Request` (and always in ``echo``, whose responder is
+  :func:`~.responder.default_responder`); else (``cloud``) a text is to be
+  answered, and audio goes through the speech detection, which may give
+  ``asrContent`` and a heard text to answer.  The server answers each text with
+  its *reply* callable, outside the lock, and gives the answer to
+  :meth:`ServerState.say`: ``replyContent`` and the broadcast.
 
 Token expiry (the server's ``expire_token``): :func:`authorize` refuses an
 expired token with 401, and :meth:`ServerState.forget_sessions_of` forgets the
@@ -48,6 +75,10 @@ without bound, which is what tests want; with ``record_limit=N`` only the last
 ``N`` of each are kept (the oldest are dropped; the audio bytes are those of
 the last ``N`` chunks), while the totals (``messages_total``,
 ``audio_total_bytes``, ``audio_duration``) keep counting everything.
+
+Between messages, :meth:`ServerState.advance` brings a session's conversation
+up to a given time (the server calls it at :meth:`ServerState.next_deadline`),
+and :meth:`ServerState.interrupt` interrupts it from outside (the OpenAPI).
 
 Pure: no threads, no sockets, no clock (``now`` is passed in).  Not
 thread-safe: the server calls it with its state lock held.
@@ -68,16 +99,28 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 from ..exceptions import InvalidArgumentError
+from ..families import FIELDS, MODELLED_INTERRUPT, UPSTREAM_BY_NAME
 from ..ids import RecentIds
 from ..options import SessionOptions
+from .conversation import (
+    DEFAULT_CONFIG,
+    Conversation,
+    ConversationConfig,
+    Transcripts,
+    result_content,
+    snapshot_fields,
+)
 from .responder import Request, SessionInfo, audio_duration
 
 __all__ = [
     "ACK_ERRORS",
     "BAD_CONTENT",
+    "CLOUD",
+    "ECHO",
     "FORBIDDEN",
     "KICK_AFTER_BURSTS",
     "PATH",
+    "PROFILES",
     "RATE_LIMITED",
     "SESSION_NOT_FOUND",
     "TOO_MANY_SESSIONS",
@@ -127,6 +170,38 @@ _OPTION_NAMES = {
     "format": "format",
     "sampleRate": "sample_rate",
 }
+
+#: The profile that models the cloud's message families (the default).
+CLOUD = "cloud"
+#: The profile that answers with the reference server's own exact replies, for tests.
+ECHO = "echo"
+#: Every profile a server may have.
+PROFILES = (CLOUD, ECHO)
+
+# Client message types, from the one table of wire strings.
+_START = UPSTREAM_BY_NAME["start"].wire_type
+_DATA_SEND = UPSTREAM_BY_NAME["data_send"].wire_type
+_REFRESH = UPSTREAM_BY_NAME["refresh"].wire_type
+_STOP = UPSTREAM_BY_NAME["stop"].wire_type
+_SUSPEND = UPSTREAM_BY_NAME["suspend"].wire_type
+_RECOVER = UPSTREAM_BY_NAME["recover"].wire_type
+_TYPE = "type"
+_SESSION_ID = FIELDS["session_id"]
+_TEXT = FIELDS["text"]
+
+
+def _modelled_interrupt() -> tuple[str, Mapping[str, object]]:
+    """(``duplexCommand``, its items that make an interrupt), from the table."""
+    for key, value in MODELLED_INTERRUPT.items():
+        if key != _TYPE and isinstance(value, Mapping):
+            return key, value
+    raise AssertionError("MODELLED_INTERRUPT names no command object")  # pragma: no cover
+
+
+# The modelled IM-level interrupt: a dataSend whose duplexCommand object holds these items.
+_DUPLEX_COMMAND, _INTERRUPT_ITEMS = _modelled_interrupt()
+# Keys of start and refreshContext that are not pass-through extras.
+_NOT_EXTRAS = frozenset({_TYPE, _SESSION_ID, *_OPTION_NAMES})
 
 
 # --- handshake -------------------------------------------------------------------------------
@@ -234,47 +309,82 @@ class Command:
     session_id: str
     content: dict[str, Any]
     options: Mapping[str, Any] = attrs.field(factory=dict)  #: SessionOptions keyword arguments
+    #: start and refreshContext: the keys passed through beside the six options (ignored).
+    extras: Mapping[str, Any] = attrs.field(factory=dict)
     text: str | None = None
     audio: bytes | None = None
+    #: dataSend: whether it carries the modelled interrupt (``duplexCommand`` INTERRUPT).
+    interrupt: bool = False
 
 
 def _options(content: Mapping[str, Any]) -> dict[str, Any]:
     return {attr: content[wire] for wire, attr in _OPTION_NAMES.items() if wire in content}
 
 
+def _is_interrupt(duplex_command: Mapping[str, Any]) -> bool:
+    return all(duplex_command.get(key) == value for key, value in _INTERRUPT_ITEMS.items())
+
+
 def parse_content(content: object) -> Command | Refusal:
-    """Validate the ``content`` of a ``5`` message (pure, no state)."""
-    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+    """Validate the ``content`` of a ``5`` message (pure, no state).
+
+    ``start`` and ``refreshContext`` may carry any other keys (``voice``,
+    ``emotion``, ``characterCode``, ``extInfo``...): they are kept as
+    :attr:`Command.extras` and otherwise ignored; the six known options are
+    validated.  ``dataSend`` needs exactly one of ``text`` and ``audio``, unless
+    it carries a ``duplexCommand`` object, when it may carry neither.
+    ``suspend`` and ``recover`` need only the session id.
+    """
+    if not isinstance(content, dict) or not isinstance(content.get(_TYPE), str):
         return Refusal(BAD_CONTENT, "content must be an object with a string 'type'")
-    kind: str = content["type"]
-    session_id = content.get("sessionId")
+    kind: str = content[_TYPE]
+    session_id = content.get(_SESSION_ID)
     if not isinstance(session_id, str) or not session_id:
         return Refusal(BAD_CONTENT, "'sessionId' must be a non-empty string")
-    if kind in ("start", "refreshContext"):
+    if kind in (_START, _REFRESH):
         options = _options(content)
         try:
             SessionOptions(**options)
         except InvalidArgumentError as exc:
             return Refusal(BAD_CONTENT, str(exc))
-        return Command(type=kind, session_id=session_id, content=content, options=options)
-    if kind == "dataSend":
-        text, audio = content.get("text"), content.get("audio")
-        if (text is None) == (audio is None):
-            return Refusal(BAD_CONTENT, "dataSend needs exactly one of 'text' and 'audio'")
-        if text is not None:
-            if not isinstance(text, str):
-                return Refusal(BAD_CONTENT, "'text' must be a string")
-            return Command(type=kind, session_id=session_id, content=content, text=text)
-        if not isinstance(audio, str):
-            return Refusal(BAD_CONTENT, "'audio' must be a base64 string")
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            return Refusal(BAD_CONTENT, "'audio' is not valid base64")
-        return Command(type=kind, session_id=session_id, content=content, audio=data)
-    if kind == "stop":
+        extras = {key: value for key, value in content.items() if key not in _NOT_EXTRAS}
+        return Command(
+            type=kind, session_id=session_id, content=content, options=options, extras=extras
+        )
+    if kind == _DATA_SEND:
+        return _parse_data(session_id, content)
+    if kind in (_STOP, _SUSPEND, _RECOVER):
         return Command(type=kind, session_id=session_id, content=content)
     return Refusal(BAD_CONTENT, f"unknown content type {kind!r}")
+
+
+def _parse_data(session_id: str, content: dict[str, Any]) -> Command | Refusal:
+    text, audio = content.get(_TEXT), content.get("audio")
+    duplex = content.get(_DUPLEX_COMMAND)
+    if duplex is not None and not isinstance(duplex, dict):
+        return Refusal(BAD_CONTENT, f"{_DUPLEX_COMMAND!r} must be an object")
+    interrupt = duplex is not None and _is_interrupt(duplex)
+    if text is not None and audio is not None:
+        return Refusal(BAD_CONTENT, "dataSend needs exactly one of 'text' and 'audio'")
+    if text is None and audio is None:
+        if duplex is None:
+            return Refusal(BAD_CONTENT, "dataSend needs exactly one of 'text' and 'audio'")
+        return Command(type=_DATA_SEND, session_id=session_id, content=content, interrupt=interrupt)
+    if text is not None:
+        if not isinstance(text, str):
+            return Refusal(BAD_CONTENT, "'text' must be a string")
+        return Command(
+            type=_DATA_SEND, session_id=session_id, content=content, text=text, interrupt=interrupt
+        )
+    if not isinstance(audio, str):
+        return Refusal(BAD_CONTENT, "'audio' must be a base64 string")
+    try:
+        data = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        return Refusal(BAD_CONTENT, "'audio' is not valid base64")
+    return Command(
+        type=_DATA_SEND, session_id=session_id, content=content, audio=data, interrupt=interrupt
+    )
 
 
 # --- sessions and counters -------------------------------------------------------------------
@@ -323,6 +433,15 @@ class SessionSnapshot:
     audio_duration: float  #: seconds of audio (16-bit mono at the rate in force per chunk)
     messages_total: int = 0  #: messages processed in this session, kept or not
     audio_total_bytes: int = 0  #: decoded audio bytes received in this session, kept or not
+    #: The pass-through keys of start and refreshContext in force (``voice``, ``extInfo``...).
+    extras: dict[str, Any] = attrs.field(factory=dict)
+    suspended: bool = False  #: between a ``suspend`` and a ``recover``
+    speaking: bool = False  #: whether a sentence is being spoken (``cloud`` profile)
+    #: (sentenceId, text, interrupted or ``None`` while speaking) per sentence started.
+    broadcasts: list[tuple[str, str, bool | None]] = attrs.field(factory=list)
+    queued: list[str] = attrs.field(factory=list)  #: texts of the sentences waiting their turn
+    heard: list[str] = attrs.field(factory=list)  #: the texts sent in ``asrContent``, in order
+    interrupts: int = 0  #: interrupts handled (IM message or :meth:`interrupt`)
 
     @property
     def format(self) -> str:
@@ -340,8 +459,13 @@ class _Session:
     session_id: str
     owner: tuple[str, str]
     options: SessionOptions
+    conversation: Conversation
     record_limit: int | None = None
     stopped: bool = False
+    # The token of the connection that sent the last processed message: a new connection
+    # with the same token is bound at once to this session if it is orphaned.
+    last_token: str = attrs.field(default="", repr=False)
+    extras: dict[str, Any] = attrs.field(factory=dict)
     ids: RecentIds = attrs.field(factory=lambda: RecentIds(DEDUPE_CAPACITY))
     connections: set[int] = attrs.field(factory=set)
     # Set when the last connection went away; an expiry carrying another token is stale.
@@ -397,16 +521,27 @@ class _Session:
             audio_duration=self.audio_duration,
             messages_total=self.messages_total,
             audio_total_bytes=self.audio_total,
+            extras=copy.deepcopy(self.extras),
+            **snapshot_fields(self.conversation),
         )
 
 
 @attrs.frozen(kw_only=True)
 class Outcome:
-    """What to send for one ``5`` message: the ack body, then server replies, then responder."""
+    """What to send for one ``5`` message, in this order.
+
+    The ack body; then *replies*, sent to the sending connection (``echo``
+    profile); then *pushes*, sent to every connection bound to the session
+    (``cloud`` profile); then the responder's replies to *request*; then, for
+    each of *answers*, the server's reply text given to :meth:`ServerState.say`.
+    """
 
     ack: dict[str, Any]
     replies: list[dict[str, Any]] = attrs.field(factory=list)
+    pushes: list[dict[str, Any]] = attrs.field(factory=list)
     request: Request | None = None  #: give it to the responder (``dataSend`` only)
+    answers: list[str] = attrs.field(factory=list)  #: texts to answer (``cloud`` profile)
+    session_id: str | None = None  #: the session of the message, once processed
     duplicate: bool = False
 
 
@@ -470,6 +605,10 @@ class ServerState:
 
     *allowed_sessions* ``None`` allows any session id; *max_sessions*,
     *rate_limit* and *record_limit* ``None`` turn those limits off.
+    *profile* is :data:`CLOUD` or :data:`ECHO`; *custom_responder* true means
+    that a responder answers ``dataSend`` text and audio instead of the profile
+    (the ``echo`` profile always has one); *conversation* holds the ``cloud``
+    profile's timings and threshold.
     """
 
     def __init__(
@@ -480,7 +619,14 @@ class ServerState:
         rate_limit: float | None = None,
         rate_burst: int = 100,
         record_limit: int | None = None,
+        profile: str = CLOUD,
+        custom_responder: bool = False,
+        conversation: ConversationConfig = DEFAULT_CONFIG,
     ) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+        if not isinstance(conversation, ConversationConfig):
+            raise TypeError(f"conversation must be a ConversationConfig, got {conversation!r}")
         if isinstance(allowed_sessions, str):
             raise TypeError("allowed_sessions must be an iterable of session ids, not a str")
         _positive_or_none("max_sessions", max_sessions)
@@ -493,8 +639,14 @@ class ServerState:
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.record_limit = record_limit
+        self.profile = profile
+        # Whether the profile answers dataSend text and audio (else the responder does).
+        self._modelled_data = profile == CLOUD and not custom_responder
+        self.conversation_config = conversation
         self.stats = ServerStats()
         self.sessions: dict[str, _Session] = {}
+        # What hear() queued, per session and shared; kept by reset() (test scripts).
+        self.transcripts = Transcripts()
         # Processed ids keyed by owner, so they outlive a forgotten session.
         self._global_ids = RecentIds(DEDUPE_CAPACITY)
         self._tokens = itertools.count(1)
@@ -576,9 +728,10 @@ class ServerState:
                 message_id, FORBIDDEN, f"session {command.session_id!r} is not yours"
             )
 
-        replies: list[dict[str, Any]] = []
+        out: list[dict[str, Any]] = []  # what the message gives, in order (replies or pushes)
         request: Request | None = None
-        if command.type == "start":
+        answers: list[str] = []
+        if command.type == _START:
             options = SessionOptions(**command.options)
             if session is None:
                 if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
@@ -591,15 +744,23 @@ class ServerState:
                     session_id=command.session_id,
                     owner=peer.owner,
                     options=options,
+                    conversation=Conversation(
+                        command.session_id,
+                        config=self.conversation_config,
+                        transcripts=self.transcripts,
+                        record_limit=self.record_limit,
+                    ),
                     record_limit=self.record_limit,
                 )
                 self.sessions[command.session_id] = session
+            else:
+                out += session.conversation.restart(now).contents
             session.options = options
+            session.extras = copy.deepcopy(dict(command.extras))
             session.stopped = False
-            replies.append(
+            out.append(
                 {
-                    "type": "startResult",
-                    "sessionId": session.session_id,
+                    **result_content("start_result", session.session_id),
                     "format": options.format,
                     "sampleRate": str(options.sample_rate),
                 }
@@ -610,23 +771,133 @@ class ServerState:
                 SESSION_NOT_FOUND,
                 f"session {command.session_id!r} is not started (or was stopped or expired)",
             )
-        elif command.type == "dataSend":
-            request = self._record_data(session, message_id, command, now=now)
-        elif command.type == "refreshContext":
+        elif command.type == _DATA_SEND:
+            request = self._on_data(session, message_id, command, out, answers, now=now)
+        elif command.type == _REFRESH:
             session.options = attrs.evolve(session.options, **command.options)
-            replies.append({"type": "refreshResult", "sessionId": session.session_id})
+            session.extras.update(copy.deepcopy(dict(command.extras)))
+            if self.profile == ECHO:
+                out.append(result_content("refresh_result", session.session_id))
+        elif command.type == _SUSPEND:
+            out += session.conversation.suspend(now).contents
+        elif command.type == _RECOVER:
+            out += session.conversation.recover(now).contents
         else:  # stop
+            out += session.conversation.stop(now).contents
             session.stopped = True
-            replies.append({"type": "stopResult", "sessionId": session.session_id})
+            out.append(result_content("stop_result", session.session_id))
 
         session.connections.add(connection_id)
         session.detach_token = None
+        session.last_token = peer.token
         session.ids.add(message_id)
         self._global_ids.add(global_key)
         session.messages.append((message_id, command.content))
         session.messages_total += 1
         self.stats.messages_processed += 1
-        return Outcome(ack=_ack(message_id), replies=replies, request=request)
+        echo = self.profile == ECHO
+        return Outcome(
+            ack=_ack(message_id),
+            replies=out if echo else [],
+            pushes=[] if echo else out,
+            request=request,
+            answers=answers,
+            session_id=session.session_id,
+        )
+
+    def _on_data(
+        self,
+        session: _Session,
+        message_id: str,
+        command: Command,
+        out: list[dict[str, Any]],
+        answers: list[str],
+        *,
+        now: float,
+    ) -> Request | None:
+        """Apply a ``dataSend``: add what it gives to *out* and *answers*; return a Request."""
+        conversation = session.conversation
+        if command.interrupt:
+            out += conversation.interrupt(now).contents
+        if command.text is None and command.audio is None:
+            return None
+        request = self._record_data(session, message_id, command, now=now)
+        if conversation.suspended:
+            return None
+        if not self._modelled_data:
+            return request
+        if command.text is not None:
+            answers.append(command.text)
+        elif command.audio is not None:
+            step = conversation.audio(
+                command.audio,
+                now,
+                audio_format=session.options.format,
+                sample_rate=session.options.sample_rate,
+            )
+            out += step.contents
+            answers += step.answers
+        return None
+
+    # --- the conversation, between messages ------------------------------------------------
+
+    def _live(self, session_id: str) -> _Session | None:
+        session = self.sessions.get(session_id)
+        return None if session is None or session.stopped else session
+
+    def say(self, session_id: str, text: str, *, now: float) -> list[dict[str, Any]]:
+        """Answer *text* in *session_id* (``replyContent`` and its broadcast); return pushes.
+
+        Nothing if the session was stopped or forgotten meanwhile.
+        """
+        session = self._live(session_id)
+        return [] if session is None else session.conversation.say(text, now).contents
+
+    def advance(self, session_id: str, *, now: float) -> tuple[list[dict[str, Any]], list[str]]:
+        """Bring *session_id*'s conversation up to *now*: (pushes, texts to answer)."""
+        session = self._live(session_id)
+        if session is None:
+            return [], []
+        step = session.conversation.advance(now)
+        return step.contents, step.answers
+
+    def next_deadline(self, session_id: str) -> float | None:
+        """When to call :meth:`advance` for *session_id* next (``None``: no need)."""
+        session = self._live(session_id)
+        return None if session is None else session.conversation.next_deadline()
+
+    def interrupt(self, session_id: str, *, now: float) -> tuple[bool, list[dict[str, Any]]] | None:
+        """Interrupt *session_id*: (whether it was speaking, pushes); ``None`` if not started."""
+        session = self._live(session_id)
+        if session is None:
+            return None
+        step = session.conversation.interrupt(now)
+        # The last content is the interruptResult, which says whether it was speaking.
+        return bool(step.contents[-1][FIELDS["interrupted"]]), step.contents
+
+    def hear(self, text: str, session_id: str | None = None) -> None:
+        """Queue *text* as what the next utterance (of *session_id*, or anyone's) says."""
+        self.transcripts.add(text, session_id)
+
+    def adopt(self, connection_id: int, peer: Peer) -> list[str]:
+        """Bind a new connection to the orphaned sessions *peer*'s token used last.
+
+        Only sessions of *peer*'s (app, tenant), not stopped, with no connection
+        (within their grace period), whose last processed message came with the
+        same token.  Their expiry is cancelled.  Return their ids.
+        """
+        adopted = []
+        for session in self.sessions.values():
+            if (
+                session.owner == peer.owner
+                and not session.stopped
+                and not session.connections
+                and session.last_token == peer.token
+            ):
+                session.connections.add(connection_id)
+                session.detach_token = None
+                adopted.append(session.session_id)
+        return adopted
 
     def _refuse(self, message_id: str, error: str, detail: str) -> Outcome:
         self.stats.messages_refused += 1

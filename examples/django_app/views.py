@@ -15,9 +15,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from avatar_im import AvatarIMError, InvalidArgumentError
+from avatar_im import AskTimeout, AvatarIMError, InvalidArgumentError
 
-from ..visitors import ReplyTimeout, VisitorAvatars
+from ..visitors import VisitorAvatars
 
 __all__ = ["REPLY_TIMEOUT", "avatars", "say"]
 
@@ -55,7 +55,7 @@ def say(request: HttpRequest) -> HttpResponse:
         content = avatars.ask(visitor, text.strip(), timeout=REPLY_TIMEOUT)
     except InvalidArgumentError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    except ReplyTimeout:
+    except AskTimeout:
         return JsonResponse({"error": "the avatar did not answer in time"}, status=504)
     except AvatarIMError as exc:
         logger.warning("avatar error: %s", exc)

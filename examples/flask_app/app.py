@@ -25,9 +25,9 @@ from typing import Any
 from flask import Flask, jsonify, render_template, request, session
 from flask.typing import ResponseReturnValue
 
-from avatar_im import AvatarIMError, InvalidArgumentError
+from avatar_im import AskTimeout, AvatarIMError, InvalidArgumentError
 
-from ..visitors import ReplyTimeout, VisitorAvatars
+from ..visitors import VisitorAvatars
 
 __all__ = ["REPLY_TIMEOUT", "create_app"]
 
@@ -67,7 +67,7 @@ def create_app(avatars: VisitorAvatars | None = None) -> Flask:
             content = avatar.ask(visitor, text.strip(), timeout=REPLY_TIMEOUT)
         except InvalidArgumentError as exc:
             return jsonify(error=str(exc)), 400
-        except ReplyTimeout:
+        except AskTimeout:
             return jsonify(error="the avatar did not answer in time"), 504
         except AvatarIMError as exc:
             app.logger.warning("avatar error: %s", exc)
