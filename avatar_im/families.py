@@ -25,16 +25,22 @@ from types import MappingProxyType
 import attrs
 
 __all__ = [
+    "ANY_MESSAGE",
     "BY_NAME",
     "BY_WIRE_TYPE",
+    "EVENT",
     "FAMILIES",
     "FIELDS",
     "MODELLED_INTERRUPT",
+    "PSEUDO_FAMILIES",
+    "UNKNOWN",
     "UPSTREAM",
+    "UPSTREAM_BY_NAME",
     "Family",
     "Status",
     "Upstream",
     "family_of",
+    "markdown_table",
 ]
 
 
@@ -182,6 +188,29 @@ ANY_MESSAGE = "message"
 EVENT = "event"
 UNKNOWN = "unknown"
 PSEUDO_FAMILIES = (ANY_MESSAGE, EVENT, UNKNOWN)
+
+
+def markdown_table() -> str:
+    """The tables of ``docs/protocol.md``, made from this module.
+
+    After an edit, paste the output of ``python -c "from avatar_im.families
+    import markdown_table as t; print(t(), end='')"`` between the markers.
+    """
+    lines = [
+        "| family (`on()`, `receive(family=)`) | wire `type` | status | fields | source |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in FAMILIES:
+        fields = ", ".join(f"`{name}`" for name in f.fields) or "—"
+        lines.append(f"| `{f.name}` | `{f.wire_type}` | {f.status.value} | {fields} | {f.source} |")
+    lines += [
+        "",
+        "| client message | wire `type` | status | source |",
+        "| --- | --- | --- | --- |",
+    ]
+    for u in UPSTREAM:
+        lines.append(f"| {u.summary} | `{u.wire_type}` | {u.status.value} | {u.source} |")
+    return "\n".join(lines) + "\n"
 
 
 def family_of(wire_type: object) -> str:

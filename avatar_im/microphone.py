@@ -84,6 +84,12 @@ class Microphone:
     consumer falls that far behind, the oldest are dropped and counted in
     :attr:`overruns`.  No data for *read_timeout* seconds raises
     :class:`AudioDeviceError`.
+
+    :meth:`pause` drops what the device captures (counted in
+    :attr:`blocks_paused`) until :meth:`resume`: the stream sends nothing
+    meanwhile and the device stays open; around :meth:`AvatarIM.interrupt`
+    (with ``stop_streams=False``), so the avatar does not hear the room while
+    it is being interrupted.
     """
 
     def __init__(
@@ -124,12 +130,15 @@ class Microphone:
         self._ready = threading.Condition()
         self._blocks: collections.deque[bytes] = collections.deque()
         self._stopped = False
+        self._paused = False
         self._iterating = False
         self._stream: InputStream | None = None
         #: Blocks dropped because the consumer fell behind.
         self.overruns = 0
         #: Blocks received from the device.
         self.blocks_captured = 0
+        #: Blocks dropped because the microphone was paused.
+        self.blocks_paused = 0
 
     def __repr__(self) -> str:
         state = "open" if self._stream is not None else "closed"
@@ -169,6 +178,24 @@ class Microphone:
             self._stopped = True
             self._ready.notify_all()
 
+    def pause(self) -> None:
+        """Drop what the device captures until :meth:`resume`; what is buffered goes too."""
+        with self._ready:
+            self._paused = True
+            self.blocks_paused += len(self._blocks)
+            self._blocks.clear()
+
+    def resume(self) -> None:
+        """Pass captured audio on again (after :meth:`pause`)."""
+        with self._ready:
+            self._paused = False
+            self._ready.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` is in force."""
+        return self._paused
+
     def close(self) -> None:
         """Stop and close the device now."""
         self.stop()
@@ -203,6 +230,9 @@ class Microphone:
             logger.exception("unreadable microphone block")
             return
         with self._ready:
+            if self._paused:
+                self.blocks_paused += 1
+                return
             if len(self._blocks) >= self._max_buffer:
                 self._blocks.popleft()
                 self.overruns += 1
@@ -241,10 +271,17 @@ class Microphone:
             self.close()
 
     def _next_block(self) -> bytes | None:
-        """The next block, or ``None`` once stopped; raise after *read_timeout* of silence."""
+        """The next block, or ``None`` once stopped; raise after *read_timeout* of silence.
+
+        While paused, no block is expected: the silence timer starts again on resume.
+        """
         deadline = time.monotonic() + self.read_timeout
         with self._ready:
             while not self._blocks and not self._stopped:
+                if self._paused:
+                    self._ready.wait(self.read_timeout)
+                    deadline = time.monotonic() + self.read_timeout
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AudioDeviceError(f"no audio from the microphone for {self.read_timeout}s")

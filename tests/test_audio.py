@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT, ClientFactory
+from conftest import TIMEOUT, ClientFactory, wait_until
 
 from avatar_im import (
     AudioDeviceError,
@@ -687,3 +687,35 @@ def test_cli_send_audio_refuses_a_non_audio_file(
     assert cli.main(["send-audio", str(_text_file(tmp_path))]) == 1
     out, err = capsys.readouterr()
     assert "is not a WAV file" in err and out == ""
+
+
+def test_microphone_pause_drops_captured_audio_until_resume() -> None:
+    """While paused, captured blocks are dropped and counted; resume passes them on again."""
+    factory, made = fake_factory()
+    mic = Microphone(seconds=0.08, read_timeout=0.2, stream_factory=factory)
+    mic.open()
+    (device,) = made
+    mic.pause()
+    assert mic.paused
+    device.feed(noise(0.04, seed=1).tobytes())
+    mic.resume()
+    kept = [noise(0.04, seed=n).tobytes() for n in (2, 3)]
+    for block in kept:
+        device.feed(block)
+    assert list(mic) == kept and mic.blocks_paused == 1
+
+
+def test_paused_microphone_does_not_time_out(ready_client: AvatarIM) -> None:
+    """A paused microphone waits without raising; interrupt(stop_streams=False) keeps it."""
+    factory, made = fake_factory()
+    mic = Microphone(read_timeout=0.05, stream_factory=factory)
+    mic.open()
+    mic.pause()
+    stream = ready_client.stream_audio(mic, realtime=False, background=True)
+    report = ready_client.interrupt(TIMEOUT, stop_streams=False)
+    assert report.streams_stopped == 0 and not stream.done
+    assert not stream.wait(0.2)  # longer than read_timeout: still running, no error
+    mic.resume()
+    made[0].feed(noise(0.04).tobytes())
+    assert wait_until(lambda: stream.chunks_sent == 1, TIMEOUT)
+    stream.stop(TIMEOUT)

@@ -253,3 +253,15 @@ def test_backoff_full_jitter_capped() -> None:
     assert ReconnectPolicy.never().is_exhausted(0)
     with pytest.raises(InvalidArgumentError):
         ReconnectPolicy(initial_delay=-1)
+
+
+def test_protocol_doc_lists_every_family_as_the_table_has_it() -> None:
+    """docs/protocol.md's families tables are families.markdown_table() (regenerate on edit)."""
+    from pathlib import Path
+
+    from avatar_im.families import markdown_table
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    begin, end = "<!-- families:begin -->\n", "<!-- families:end -->"
+    section = text[text.index(begin) + len(begin) : text.index(end)]
+    assert section == markdown_table(), "paste avatar_im.families.markdown_table()"

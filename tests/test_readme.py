@@ -26,3 +26,11 @@ def test_interrupt_quick_start_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """The interrupt quick start stops a broadcast and reports that the service was told."""
     exec(compile(_python_blocks()[1], "README.md", "exec"), {})
     assert capsys.readouterr().out.strip().splitlines()[-1] == "True () False"
+
+
+def test_docs_quick_start_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/index.md's script quick start runs as written and prints the reply."""
+    index = README.parent / "docs" / "index.md"
+    block = re.findall(r"```python\n(.*?)```", index.read_text(encoding="utf-8"), re.S)[0]
+    exec(compile(block, "docs/index.md", "exec"), {})
+    assert "You said: hello\n" in capsys.readouterr().out
