@@ -82,6 +82,15 @@ logger = logging.getLogger(__name__)
 
 T_id = TypeVar("T_id")
 
+#: AvatarIM.from_env(): the parameter each environment variable sets.
+ENV_VARIABLES = {
+    "token": "AVATAR_IM_TOKEN",
+    "app_id": "AVATAR_IM_APP_ID",
+    "tenant_id": "AVATAR_IM_TENANT_ID",
+    "session_id": "AVATAR_IM_SESSION_ID",
+    "url": "AVATAR_IM_URL",
+}
+
 #: The shortest heartbeat interval accepted (seconds): below it the pings alone busy the CPU.
 MIN_HEARTBEAT = 0.01
 
@@ -175,8 +184,7 @@ class AvatarIM:
                       url="ws://127.0.0.1:8765/ws") as client:
             client.start_session(format="pcm", sample_rate=16000)
             client.wait_session_ready(timeout=5)
-            client.send_text("hello")
-            print(client.receive(timeout=5))
+            print(client.ask("hello", timeout=5).text)
 
     Thread-safe: any number of threads may call the send methods at once.
     Callbacks run on the client's callback thread, one at a time and in order;
@@ -188,7 +196,66 @@ class AvatarIM:
     a ``2`` with ``CONNECTION_TIMEOUT`` renews the token, starts the session
     again and resends what is unacknowledged, instead of closing for good.  It
     runs on the reader thread; keep it bounded (an HTTP call with a timeout).
+
+    :param token: the IM token (``StartInstance``'s ``Data.Token``); or pass *token_provider*.
+    :param app_id: the application id (``app`` in the URL).
+    :param tenant_id: the tenant id (``tenant`` in the URL).
+    :param session_id: the session id (``StartInstance``'s ``Data.SessionId``).
+    :param url: the channel's URL, without its query; default: the cloud's endpoint.
+    :param on_message: called with the raw envelope dict of every business message.
+    :param on_event: called with the body of every event (packet ``7``).
+    :param on_ack_error: called with an :class:`AckError` for every refused message.
+    :param on_state: called with each :class:`ConnectionState` change, in order.
+    :param heartbeat_interval: seconds between heartbeats (``None``: none; at least 0.01);
+        the peer counts as dead after twice this plus 0.1 s of silence.
+    :param connect_timeout: seconds for one connection attempt (TCP, TLS, upgrade).
+    :param reconnect: the :class:`ReconnectPolicy` (backoff, attempts) after a lost connection.
+    :param require_acks: keep each message until it is acknowledged (else until written).
+    :param max_outbox: how many unacknowledged messages the outbox holds.
+    :param send_timeout: seconds a send waits for outbox room (``None``: it raises at once).
+    :param receive_buffer: how many messages (and events) the pull API keeps.
+    :param dedupe_capacity: how many inbound message ids are remembered against duplicates.
+    :param dedupe_max_bytes: the bytes those ids may take (``None``: no limit).
+    :param auto_connect: connect at once (else call :meth:`connect`).
+    :param id_factory: what makes message ids (an object with ``new(now_ms)``).
+    :param max_message_size: the largest message sent or received, in bytes.
+    :param ssl_context: the :class:`ssl.SSLContext` for ``wss://``.
+    :param ca_file: a CA bundle to trust, instead of *ssl_context*.
+    :param verify_tls: ``False`` turns certificate checks off (tests only; logged).
+    :param proxy: a proxy URL; default: the environment's ``https_proxy`` and the like.
+    :param token_provider: called for a fresh token before each reconnect.
+    :param ack_policy: the :class:`AckPolicy`: which ack errors mean "session lost" or
+        "rate limited".
+    :param interrupt_via: how :meth:`interrupt` tells the service: a callable of the
+        session id, or an IM message content; ``None``: it does not.
     """
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AvatarIM:
+        """A client configured from the environment (``os.environ`` unless *environ*).
+
+        Reads ``AVATAR_IM_TOKEN``, ``AVATAR_IM_APP_ID``, ``AVATAR_IM_TENANT_ID``,
+        ``AVATAR_IM_SESSION_ID`` and ``AVATAR_IM_URL`` (optional: the cloud's
+        endpoint when unset); keyword arguments override them and go to
+        :class:`AvatarIM`.  A missing variable raises
+        :class:`InvalidArgumentError` naming every one that is missing.
+        """
+        env = os.environ if environ is None else environ
+        values = dict(options)
+        missing = []
+        for name, variable in ENV_VARIABLES.items():
+            if name in values:
+                continue
+            value = env.get(variable)
+            if value:
+                values[name] = value
+            elif name != "url":
+                missing.append(variable)
+        if missing:
+            raise InvalidArgumentError(
+                f"set {', '.join(missing)} in the environment (or pass them as arguments)"
+            )
+        return cls(**values)
 
     @classmethod
     def from_instance(
@@ -424,8 +491,9 @@ class AvatarIM:
 
         Messages still waiting for an ack are discarded (call :meth:`flush`
         first to wait for them): :meth:`wait_ack` on one raises
-        :class:`MessageDiscardedError`.  Later calls raise
-        :class:`ClientClosedError`.  Safe from any thread and from callbacks;
+        :class:`MessageDiscardedError`.  Later sends and waits raise
+        :class:`ClientClosedError`; :meth:`receive` still returns what arrived
+        before the close, then raises it.  Safe from any thread and from callbacks;
         ``on_state(CLOSED)`` has run when it returns, unless that callback is
         still blocked after the second (it then ends on its own).
         """
@@ -1126,14 +1194,32 @@ class AvatarIM:
         return event
 
     def __iter__(self) -> Iterator[Message]:
-        """Yield business messages as they arrive, until the client is closed."""
+        """``for message in client``: :meth:`messages` with no idle limit."""
+        return self.messages()
+
+    def messages(
+        self, idle_timeout: float | None = None, *, family: str | Iterable[str] | None = None
+    ) -> Iterator[Message]:
+        """Yield business messages (of *family*, when given) as they arrive.
+
+        Ends when *idle_timeout* seconds pass with no message, and when the
+        client is closed by :meth:`close` (after what was buffered); raises the
+        error that closed the client for good (an :class:`AuthenticationError`
+        on a reconnect, a :class:`ServerClosedError`, ...) instead of ending
+        silently.  ``for message in client.messages(idle_timeout=10)`` is the
+        bounded loop the docs use.
+        """
+        idle_timeout = _require_timeout("idle_timeout", idle_timeout)
+        wanted = None if family is None else family_names(family)
         while True:
             try:
-                yield self.receive()
+                yield self.receive(idle_timeout, family=wanted)
+            except ReceiveTimeout:
+                return
             except ClientClosedError:
-                return
-            except AvatarIMError:
-                return
+                if self._connection.failure is None:
+                    return  # closed by close(): the end of the conversation
+                raise
 
     def _pull(
         self,

@@ -22,6 +22,7 @@ from avatar_im import (
     InvalidArgumentTypeError,
     ReceiveTimeout,
     ReconnectPolicy,
+    ServerClosedError,
     SessionNotStartedError,
     SessionReadyTimeout,
     SessionStartError,
@@ -188,6 +189,42 @@ def test_pull_api_and_iterator(ready_client: AvatarIM) -> None:
         ready_client.receive(0.05)
     ready_client.close()
     assert list(ready_client) == []
+
+
+def test_messages_ends_after_the_idle_timeout(ready_client: AvatarIM) -> None:
+    """messages(idle_timeout) yields what arrives, then ends when nothing came for that long."""
+    ready_client.send_text("one")
+    texts = [m.text for m in ready_client.messages(idle_timeout=0.3)]
+    assert texts == ["You said: one"]
+    with pytest.raises(InvalidArgumentError):
+        next(ready_client.messages(idle_timeout=-1))
+
+
+def test_iteration_raises_the_error_that_closed_the_client(
+    server: ReferenceServer, ready_client: AvatarIM
+) -> None:
+    """A client closed for good (the token expired, no provider) ends its loop with the error."""
+    ready_client.send_text("one")
+    seen = []
+    with pytest.raises(ServerClosedError, match="CONNECTION_TIMEOUT"):
+        for message in ready_client.messages(idle_timeout=TIMEOUT):
+            seen.append(message.text)
+            server.expire_token("tok")
+    assert seen == ["You said: one"]
+
+
+def test_receive_after_close_returns_what_arrived_before_then_raises(
+    ready_client: AvatarIM,
+) -> None:
+    """receive() after close() hands out the messages buffered before it, then raises."""
+    arrived = threading.Event()
+    ready_client.on("text_reply", lambda message: arrived.set())
+    ready_client.send_text("kept")
+    assert arrived.wait(TIMEOUT)
+    ready_client.close()
+    assert ready_client.receive(TIMEOUT).text == "You said: kept"
+    with pytest.raises(ClientClosedError):
+        ready_client.receive(TIMEOUT)
 
 
 def test_inbound_duplicates_are_dropped(server: ReferenceServer, ready_client: AvatarIM) -> None:
@@ -606,3 +643,15 @@ def test_a_token_provider_returning_a_non_str_ends_the_client(server: ReferenceS
             client.wait_connected(TIMEOUT)
     finally:
         client.close()
+
+
+def test_from_env_reads_the_variables_and_names_the_missing_ones(
+    server: ReferenceServer,
+) -> None:
+    """from_env() takes AVATAR_IM_*; keyword arguments win; missing variables are named."""
+    env = {"AVATAR_IM_TOKEN": "tok", "AVATAR_IM_APP_ID": "app", "AVATAR_IM_URL": server.url}
+    with pytest.raises(InvalidArgumentError, match="AVATAR_IM_TENANT_ID, AVATAR_IM_SESSION_ID"):
+        AvatarIM.from_env(env)
+    with AvatarIM.from_env(env, tenant_id="ten", session_id="from-env") as client:
+        client.wait_connected(TIMEOUT)
+        assert client.session_id == "from-env" and client.url.startswith(server.url)
