@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import TIMEOUT, ClientFactory, client_threads, wait_until
-from peers import silent_websocket_server
+from peers import silent_websocket_server, tcp_blackhole
 
 from avatar_im import (
     AckError,
@@ -32,6 +32,7 @@ from avatar_im import (
     UnknownMessageError,
 )
 from avatar_im.server import ReferenceServer
+from avatar_im.transport import Transport
 
 
 def started(client: AvatarIM) -> AvatarIM:
@@ -693,3 +694,105 @@ def test_without_acks_a_message_counts_only_once_the_socket_took_it() -> None:
             assert client.stats.outbox > 0
         finally:
             client.close()
+
+
+# --- close() during a TLS handshake -------------------------------------------------------
+# close() must end a connect attempt at once and leave no thread behind.
+
+
+def test_close_during_tls_handshake_leaves_no_reader_thread() -> None:
+    """wss:// to a peer that accepts TCP but never answers the TLS ClientHello.
+
+    websocket-client assigns ``ws.sock`` only after TCP connect + TLS handshake
+    return, so ``Transport.abort()`` finds ``sock is None`` and cannot interrupt
+    them: the reader sits in the TLS handshake until ``connect_timeout`` (10 s
+    by default) and outlives close().
+    """
+    with tcp_blackhole() as hole:
+        url = hole.url.replace("ws://", "wss://")
+        client = AvatarIM(
+            token="t", app_id="a", tenant_id="b", session_id="s", url=url, connect_timeout=3.0
+        )
+        assert hole.wait_accepted(1, TIMEOUT)  # the reader is now inside the TLS handshake
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 1.5
+        # The promise: no client thread outlives close().
+        assert client.threads == [], "reader still alive after close()"
+
+
+def test_connect_after_close_is_not_a_silent_no_op() -> None:
+    """After close() left the reader in the handshake, connect() does nothing at all:
+    Connection.start() returns because the old reader is alive, the client stays CLOSED."""
+    with tcp_blackhole() as hole:
+        url = hole.url.replace("ws://", "wss://")
+        client = AvatarIM(
+            token="t", app_id="a", tenant_id="b", session_id="s", url=url, connect_timeout=3.0
+        )
+        assert hole.wait_accepted(1, TIMEOUT)
+        client.close()
+        client.connect()
+        try:
+            assert client.state is not ConnectionState.CLOSED, "connect() silently did nothing"
+        finally:
+            client.close()
+            for t in client.threads:
+                t.join(15)
+
+
+# --- flush() without acks -----------------------------------------------------------------
+# with require_acks=False, flush() must not return before the frames are written.
+
+
+def test_flush_without_acks_waits_for_the_write(
+    server: ReferenceServer, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With require_acks=False, flush() returns only once the frames were written: a slow
+    write (a full socket buffer) makes it wait, so close() never loses what it promised."""
+    client = make_client(require_acks=False)
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+
+    original = Transport.write
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_send_frames(self: Transport, frames: list[str]) -> None:
+        if any('"text":"x"' in f for f in frames):
+            entered.set()
+            release.wait(TIMEOUT)
+        original(self, frames)
+
+    monkeypatch.setattr(Transport, "write", slow_send_frames)
+    sender = threading.Thread(target=client.send_text, args=("x",))
+    sender.start()
+    assert entered.wait(TIMEOUT)
+    returned = True
+    try:
+        client.flush(0.5)  # documented: "waits until everything has been written"
+    except AckTimeout:
+        returned = False  # correct: the write has not happened yet
+    client.close()
+    release.set()
+    sender.join(TIMEOUT)
+    if returned:
+        assert server.session("s0").texts == ["x"], "flush() returned, yet 'x' was never written"
+
+
+# --- memory without acks ------------------------------------------------------------------
+# with require_acks=False the protocol's event list grows without bound
+
+
+def test_events_stay_bounded_without_acks_while_the_reader_sleeps(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    """With require_acks=False, no heartbeat and a server that sends nothing back, 20,000
+    sends leave no pile of events in memory (the reader never wakes to pull them)."""
+    server.faults.drop_acks = True  # a service that never acknowledges (the use case)
+    client = make_client(require_acks=False, heartbeat_interval=None)
+    client.wait_connected(TIMEOUT)
+    n = 20_000
+    for i in range(n):
+        client.send_message({"n": i})  # no reply from the server, and no ack
+    client.flush(TIMEOUT)
+    pending_events = client._connection.locked(lambda p: len(p._events))
+    assert pending_events < 1000, f"{pending_events} events held in memory for {n} sends"

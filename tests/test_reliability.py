@@ -340,3 +340,57 @@ def test_blocked_sender_resumes_when_one_slot_frees(
     finally:
         client.close()  # wakes the sender if it is still waiting
         blocked.join(TIMEOUT)
+
+
+# --- a server replaced by a fresh process -------------------------------------------------
+# a server restarted as a new process (fresh state) must not wedge the session.
+
+
+def test_new_server_process_on_same_port_session_restarts() -> None:
+    """Server process A is replaced by a fresh process B on the same port (a deploy, a crash).
+
+    B numbers its messages srv_1, srv_2, ... again.  The client answers B's
+    SESSION_NOT_FOUND with a new start; B's startResult is srv_1, an id the
+    client remembers from A, so ClientProtocol._on_message drops it as a
+    duplicate: the session stays STARTING and every queued message is stranded.
+    """
+    with ReferenceServer(host="127.0.0.1", port=0) as a:
+        port = a.port
+        client = AvatarIM(
+            token="t", app_id="a", tenant_id="b", session_id="s", url=a.url, reconnect=FAST
+        )
+        try:
+            client.start_session()
+            client.wait_session_ready(TIMEOUT)
+            client.wait_ack(client.send_text("before"), TIMEOUT)
+        except BaseException:
+            client.close()
+            raise
+    try:
+        with ReferenceServer(host="127.0.0.1", port=port) as b:
+            mid = client.send_text("after")
+            client.wait_ack(mid, TIMEOUT)  # AckTimeout: the new startResult (srv_1) was "seen"
+            assert b.session("s").texts == ["after"]
+            assert client.session_state is SessionState.READY
+    finally:
+        client.close()
+
+
+# --- a stop after a forgotten session -----------------------------------------------------
+# a text sent just before stop_session() is dropped (not resent) when the
+
+
+def test_text_before_stop_survives_a_forgotten_session(
+    server: ReferenceServer, make_client: ClientFactory
+) -> None:
+    client = make_client(reconnect=FAST)
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    server.restart(keep_state=False)  # the session is forgotten; the connection drops
+    text = client.send_text("last words")  # accepted: the client is open, nothing raised
+    client.stop_session()
+    # The promise: delivered exactly once while the client is open.  Actually: the
+    # resent text gets SESSION_NOT_FOUND, session_state is STOPPED, so no restart:
+    # the text leaves the outbox as refused -> AckError, and the server never saw it.
+    client.wait_ack(text, TIMEOUT)
+    assert server.session("s0").texts == ["last words"]
