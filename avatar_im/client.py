@@ -38,6 +38,7 @@ from .exceptions import (
     ClientClosedError,
     ConnectTimeout,
     ForkedClientError,
+    InterruptError,
     InterruptTimeout,
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -81,6 +82,10 @@ __all__ = ["AvatarIM", "ClientStats", "InterruptReport"]
 logger = logging.getLogger(__name__)
 
 T_id = TypeVar("T_id")
+
+#: How long an answer that came too late for its ask() or interrupt() is still known as
+#: theirs (and goes to receive()), at least; see inbox.AskClaim.
+LATE_WINDOW = 30.0
 
 #: AvatarIM.from_env(): the parameter each environment variable sets.
 ENV_VARIABLES = {
@@ -607,7 +612,8 @@ class AvatarIM:
         ``format`` (``"pcm"``/``"wav"``), ``sample_rate`` (16000).
         """
         session_options = SessionOptions.from_kwargs(options)
-        return self._submit(lambda p: p.start_session(session_options, _now_ms()))
+        size = self._max_message_size
+        return self._submit(lambda p: p.start_session(session_options, _now_ms(), size))
 
     def wait_session_ready(self, timeout: float | None = None) -> StartResult:
         """Wait for ``startResult`` and return it (it is then not also returned by receive()).
@@ -676,8 +682,10 @@ class AvatarIM:
         """Wait until the avatar is not speaking; raise :class:`SpeakingTimeout` after *timeout*."""
         timeout = _require_timeout("timeout", timeout)
         self._not_on_reader("wait_until_quiet")
-        if not self._inbox.wait_quiet(timeout):
-            self._raise_if_closed()
+        self._raise_if_closed()
+        quiet = self._inbox.wait_quiet(timeout)
+        self._raise_if_closed()  # closing ends the wait: whether it is quiet is unknown
+        if not quiet:
             raise SpeakingTimeout(f"the avatar was still speaking after {timeout}s")
 
     def ask(self, text: str, timeout: float | None = 30.0, *, wait_spoken: bool = False) -> Answer:
@@ -706,40 +714,56 @@ class AvatarIM:
         self._raise_if_closed()
         if not self._ask_lock.acquire(timeout=-1 if timeout is None else timeout):
             raise AskTimeout(f"another ask() held the turn for {timeout}s", message_id="")
+        inbox = self._inbox
         try:
-            claim = AskClaim(self._inbox.position())
-            self._inbox.open_claim(claim)
+            claim = AskClaim(inbox.position())
+            inbox.open_claim(claim)
             try:
                 message_id = self.send_text(text)
             except BaseException:
-                self._inbox.close_claim(claim)
+                inbox.drop_claim(claim)
                 raise
+            inbox.sent(claim, message_id)
 
             def done() -> bool:
-                return claim.taken is not None and (not wait_spoken or claim.end is not None)
+                if claim.refusal is not None:
+                    return True
+                spoken = not wait_spoken or claim.end is not None or claim.cut
+                return claim.taken is not None and spoken
 
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            got = self._inbox.wait(done, left)
+            inbox.wait(done, left)
+            if claim.refusal is not None:
+                inbox.drop_claim(claim)
+                raise AckError(
+                    f"the server refused {message_id}: {claim.refusal!r}",
+                    message_id=message_id,
+                    error=claim.refusal,
+                )
             if claim.taken is None:
-                self._inbox.close_claim(claim)
-                if not got:
-                    self._raise_if_closed()
+                inbox.drop_claim(claim)
+                self._raise_if_closed()
+                # A reply that comes late is this ask's, not the next one's (see AskClaim).
+                inbox.owe("reply", time.monotonic() + max(timeout or 0.0, LATE_WINDOW))
                 raise AskTimeout(
                     f"no reply to {message_id} within {timeout}s", message_id=message_id
                 )
             reply = claim.taken
             assert isinstance(reply, Reply)
-            if wait_spoken and claim.end is None:
+            if wait_spoken and claim.end is None and not claim.cut:
+                inbox.drop_claim(claim)
                 self._raise_if_closed()
                 raise AskTimeout(
                     f"the reply to {message_id} was not spoken to its end within {timeout}s",
                     message_id=message_id,
                 )
+            end = claim.end
             return Answer(
                 message_id,
                 reply,
                 claim.start if wait_spoken else None,
-                claim.end if wait_spoken else None,
+                end if wait_spoken else None,
+                interrupted=wait_spoken and (claim.cut or bool(end and end.interrupted)),
             )
         finally:
             self._ask_lock.release()
@@ -777,7 +801,8 @@ class AvatarIM:
         self._not_on_reader("interrupt")
         self._raise_if_closed()
         deadline = None if timeout is None else time.monotonic() + timeout
-        stopped = self._stop_audio_streams(join=True, timeout=1.0) if stop_streams else 0
+        join = 1.0 if timeout is None else min(1.0, timeout)
+        stopped = self._stop_audio_streams(join=True, timeout=join) if stop_streams else 0
         kinds = frozenset({"audio", "text"} if include_text else {"audio"})
         connection = self._connection
         with connection.lock:
@@ -800,28 +825,38 @@ class AvatarIM:
         if via is None:
             return report
         if callable(via):
-            via(self.session_id)
+            # Synchronous, like token_provider: the OpenAPI call has its own timeout.
+            try:
+                via(self.session_id)
+            except AvatarIMError:
+                raise
+            except Exception as exc:
+                raise InterruptError(
+                    f"interrupt_via failed: {type(exc).__name__}: {exc}", report=report
+                ) from exc
             return attrs.evolve(report, service_told=True, via="callable")
-        claim = Claim(frozenset({"interrupt_result"}), self._inbox.position())
-        self._inbox.open_claim(claim)
+        inbox = self._inbox
+        claim = Claim(frozenset({"interrupt_result"}), inbox.position())
+        inbox.open_claim(claim)
         try:
             message_id = self._submit_message({**via, "sessionId": self.session_id}, session=True)
+            inbox.sent(claim, message_id)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._inbox.wait(lambda: claim.taken is not None, left)
+            inbox.wait(lambda: claim.taken is not None or claim.refusal is not None, left)
         finally:
-            self._inbox.close_claim(claim)
+            inbox.drop_claim(claim)
         told = attrs.evolve(report, service_told=True, via="im", message_id=message_id)
         if claim.taken is not None:
             assert isinstance(claim.taken, InterruptResult)
             return attrs.evolve(told, result=claim.taken)
-        self._raise_if_closed()
-        outcome, error = connection.locked(lambda p: p.outcome(message_id))
-        if outcome is Outcome.REFUSED:
+        if claim.refusal is not None:
             raise AckError(
-                f"the server refused the interrupt {message_id}: {error!r}",
+                f"the server refused the interrupt {message_id}: {claim.refusal!r}",
                 message_id=message_id,
-                error=error,
+                error=claim.refusal,
             )
+        self._raise_if_closed()
+        inbox.owe("interrupt_result", time.monotonic() + max(timeout or 0.0, LATE_WINDOW))
         raise InterruptTimeout(f"no interrupt result within {timeout}s", report=told)
 
     # ----------------------------------------------------------------- sends
@@ -1231,6 +1266,8 @@ class AvatarIM:
         timeout = _require_timeout("timeout", timeout)
         _require_callable("match", match)
         wanted = None if family is None else family_names(family)
+        if wanted is not None and "event" in wanted:
+            raise InvalidArgumentError("events are not business messages: use receive_event()")
         if self._connection.on_reader_thread():
             timeout = 0  # never a wait on the thread that fills the buffer
         found = self._inbox.pull(
@@ -1302,7 +1339,10 @@ class AvatarIM:
             elif isinstance(event, SessionReady):
                 logger.debug("session %s ready", self.session_id)
             elif isinstance(event, Acked):
+                if event.error is None and self._inbox.tracking:
+                    self._inbox.acked(event.message_id)
                 if event.error is not None:
+                    self._inbox.refused(event.message_id, event.error)
                     error = AckError(
                         f"the server refused {event.message_id}: {event.error!r}",
                         message_id=event.message_id,
@@ -1321,6 +1361,7 @@ class AvatarIM:
                 logger.warning("dropped a bad frame (%d chars): %s", event.size, event.error)
             elif isinstance(event, SessionLost):
                 logger.info("the server lost session %s: starting it again", self.session_id)
+                self._inbox.session_lost()
             elif isinstance(event, SessionStartFailed):
                 logger.warning("the server refused the session start: %r", event.error)
             elif isinstance(event, Accepted):
@@ -1390,6 +1431,10 @@ def _sample_bytes(raw: bytes) -> int:
 
 def _check_interrupt_via(value: object) -> InterruptVia | None:
     """Validate ``interrupt_via``: None, a callable, or an IM content mapping with a type."""
+    if isinstance(value, type):
+        raise InvalidArgumentTypeError(
+            f"interrupt_via must be a callable(session_id) or a mapping, not the class {value!r}"
+        )
     if value is None or callable(value):
         return value
     if not isinstance(value, Mapping):

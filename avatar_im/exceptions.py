@@ -32,7 +32,8 @@ may catch either (``except TimeoutError`` still works)::
     ├── OutboxFullError                      the outbox stayed full past the timeout
     ├── ReceiveTimeout (TimeoutError)        nothing arrived for the pull API in time
     │   └── AskTimeout                       no reply to ask() in time
-    ├── InterruptTimeout (TimeoutError)      the service did not confirm interrupt() in time
+    ├── InterruptError                       interrupt_via failed (the report is kept)
+    │   └── InterruptTimeout (TimeoutError)  the service did not confirm interrupt() in time
     ├── SpeakingTimeout (TimeoutError)       the avatar was still speaking after the wait
     ├── AudioStreamError                     an audio stream failed after sending some chunks
     └── AudioDeviceError                     the microphone could not be opened or went silent
@@ -58,6 +59,7 @@ __all__ = [
     "DeliveryError",
     "ForkedClientError",
     "HandshakeError",
+    "InterruptError",
     "InterruptTimeout",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
@@ -241,12 +243,16 @@ class AskTimeout(ReceiveTimeout):
         self.message_id = message_id
 
 
-class InterruptTimeout(AvatarIMError, TimeoutError):
-    """The service did not confirm ``interrupt()`` in time; :attr:`report` says what was cut."""
+class InterruptError(AvatarIMError):
+    """``interrupt()`` could not tell the service; :attr:`report` says what was cut."""
 
     def __init__(self, message: str, *, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class InterruptTimeout(InterruptError, TimeoutError):
+    """The service did not confirm ``interrupt()`` in time; :attr:`report` says what was cut."""
 
 
 class SpeakingTimeout(AvatarIMError, TimeoutError):

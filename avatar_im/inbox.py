@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 #: How many claims may stay open at once; the oldest finished-phase claim goes first.
 MAX_CLAIMS = 16
+#: How many late answers per family the inbox keeps owed to claims that gave up.
+MAX_OWED = 16
+#: How many refusals the inbox remembers for claims (see Inbox.refused).
+MAX_REFUSALS = 256
 
 Matcher = Callable[[Message], bool]
 Listener = Callable[[Message], object]
@@ -59,10 +63,12 @@ def family_names(family: str | Iterable[str]) -> frozenset[str]:
         raise InvalidArgumentTypeError(
             f"family must be a str or an iterable of str, got {type(family).__name__}"
         )
-    result = frozenset(names)
-    for name in result:
+    names = list(names)
+    for name in names:
         if not isinstance(name, str):
             raise InvalidArgumentTypeError(f"family names must be str, got {type(name).__name__}")
+    result = frozenset(names)
+    for name in result:
         if name not in KNOWN_FAMILIES:
             raise InvalidArgumentError(
                 f"unknown message family {name!r}; known: {', '.join(sorted(KNOWN_FAMILIES))}"
@@ -84,6 +90,8 @@ class Answer:
     reply: Reply
     broadcast_start: BroadcastStart | None = None
     broadcast_end: BroadcastEnd | None = None
+    #: The broadcast was cut (an interrupt or a stop) before it was spoken to its end.
+    interrupted: bool = False
 
     @property
     def text(self) -> str:
@@ -98,6 +106,12 @@ class Claim:
         self.wanted = wanted
         self.after = after
         self.taken: Message | None = None
+        #: The id of the message whose answer this claim waits for, once sent.
+        self.message_id: str | None = None
+        #: The server refused that message with this error (see Inbox.refused).
+        self.refusal: object = None
+        #: The server acknowledged that message (see Inbox.acked).
+        self.acked = False
 
     def offer(self, message: Message) -> bool:
         if self.taken is None and message.seq > self.after and message.family in self.wanted:
@@ -120,7 +134,15 @@ class AskClaim(Claim):
     ``broadcast_end`` of the same sentence.  The claim stays open for the
     broadcast after ``ask()`` returned, so that the broadcast is not left in
     the receive buffer; a later ask's claim pushes it out (at most
-    :data:`MAX_CLAIMS` stay open).
+    :data:`MAX_CLAIMS` stay open), and an interrupt, a stop or a lost session
+    ends it (its broadcast will not come).
+
+    Late replies: when an ask gives up, the client *owes* it one reply (for
+    ``max(timeout, LATE_WINDOW)``): the next reply goes to ``receive()``, not
+    to the next ask, as long as the next ask's own text is not acknowledged
+    yet.  Once it is, owing stops (the owed reply may be lost, and every later
+    ask must not be shifted by one): a reply later than that is taken by the
+    next ask.
     """
 
     def __init__(self, after: int) -> None:
@@ -128,6 +150,7 @@ class AskClaim(Claim):
         self.start: BroadcastStart | None = None
         self.end: BroadcastEnd | None = None
         self.abandoned = False  # the ask gave up: its reply is no longer taken
+        self.cut = False  # an interrupt, a stop or a lost session ended its broadcast
 
     def offer(self, message: Message) -> bool:
         if self.taken is None:
@@ -146,7 +169,7 @@ class AskClaim(Claim):
 
     @property
     def finished(self) -> bool:
-        return self.abandoned or (self.taken is not None and self.end is not None)
+        return self.abandoned or self.cut or (self.taken is not None and self.end is not None)
 
 
 class Inbox:
@@ -165,6 +188,15 @@ class Inbox:
         self.dropped = 0  # buffered values dropped because the buffer was full
         self._speaking: str | None = None  # the sentence id being spoken ("" if none given)
         self._speaking_since = 0.0
+        # Answers still owed to claims that gave up (an ask or interrupt that timed out), by
+        # family: the deadline until which the next answer of that family is theirs, not
+        # the next claim's; it then goes to the buffer.  Bounded by MAX_OWED per family.
+        self._owed: dict[str, collections.deque[float]] = {}
+        # Errors the server refused messages with, by id, for claims that wait on them
+        # (bounded: the last MAX_REFUSALS).
+        self._refusals: collections.OrderedDict[str, object] = collections.OrderedDict()
+        # The last acks seen while claims were open (for a claim that learns its id late).
+        self._acks: collections.deque[str] = collections.deque(maxlen=64)
         self.closed = False
 
     # ------------------------------------------------------- the reader delivers
@@ -190,12 +222,32 @@ class Inbox:
         if message.message_id is not None and message.message_id in self._discard:
             self._discard.remove(message.message_id)
             return
+        owed = self._owed.get(message.family)
+        if owed:
+            now = time.monotonic()
+            while owed and owed[0] < now:
+                owed.popleft()
+            waiting = [c for c in self._claims if c.taken is None and message.family in c.wanted]
+            if waiting and all(c.acked for c in waiting):
+                # The waiting claim's own message was acknowledged already: the answer may
+                # be its own, and the late one may never come.  Owing stops here, so a lost
+                # answer never shifts every later one.
+                owed.clear()
+            elif owed:
+                owed.popleft()  # a late answer to a claim that gave up: not the next claim's
+                self._append(message, buffer)
+                return
+        if message.family in ("interrupt_result", "stop_result"):
+            self._cut_broadcasts()
         for claim in self._claims:
             if claim.offer(message):
                 if claim.finished:
                     self._claims.remove(claim)
                 self._lock.notify_all()
                 return
+        self._append(message, buffer)
+
+    def _append(self, message: Message, buffer: collections.deque[Message]) -> None:
         if len(buffer) >= self._capacity:
             buffer.popleft()
             self.dropped += 1
@@ -215,10 +267,70 @@ class Inbox:
             self._speaking = message.sentence_id or ""
             self._speaking_since = time.monotonic()
         elif isinstance(message, BroadcastEnd):
-            if message.sentence_id is None or message.sentence_id == self._speaking:
+            # An end without an id, or of a start without one, ends whatever is spoken.
+            if (
+                not message.sentence_id
+                or not self._speaking
+                or message.sentence_id == self._speaking
+            ):
                 self._speaking = None
         elif family in ("interrupt_result", "stop_result"):
             self._speaking = None
+
+    def _cut_broadcasts(self) -> None:
+        """An interrupt, a stop or a lost session: no ask waits for a broadcast any more."""
+        for claim in list(self._claims):
+            if isinstance(claim, AskClaim) and claim.taken is not None and claim.end is None:
+                claim.cut = True
+                self._claims.remove(claim)
+        self._lock.notify_all()
+
+    def session_lost(self) -> None:
+        """The server lost the session: nothing is spoken, no broadcast will come."""
+        with self._lock:
+            self._speaking = None
+            self._cut_broadcasts()
+
+    def refused(self, message_id: str, error: object) -> None:
+        """The server refused *message_id*: a claim waiting on it learns at once."""
+        with self._lock:
+            self._refusals[message_id] = error
+            if len(self._refusals) > MAX_REFUSALS:
+                self._refusals.popitem(last=False)
+            for claim in self._claims:
+                if claim.message_id == message_id:
+                    claim.refusal = error
+            self._lock.notify_all()
+
+    def sent(self, claim: Claim, message_id: str) -> None:
+        """*claim* waits for the answer to *message_id* (refused or acked already? it learns)."""
+        with self._lock:
+            claim.message_id = message_id
+            if message_id in self._refusals:
+                claim.refusal = self._refusals[message_id]
+            if message_id in self._acks:
+                claim.acked = True
+            self._lock.notify_all()
+
+    @property
+    def tracking(self) -> bool:
+        """Whether a claim is open: only then does :meth:`acked` need calling."""
+        return bool(self._claims)
+
+    def acked(self, message_id: str) -> None:
+        """The server acknowledged *message_id* (called by the reader while claims are open)."""
+        with self._lock:
+            self._acks.append(message_id)
+            for claim in self._claims:
+                if claim.message_id == message_id:
+                    claim.acked = True
+
+    def owe(self, family: str, until: float) -> None:
+        """A claim for *family* gave up: its answer, if it comes before *until*, is not
+        the next claim's."""
+        with self._lock:
+            owed = self._owed.setdefault(family, collections.deque(maxlen=MAX_OWED))
+            owed.append(until)
 
     # ------------------------------------------------------------ application
 
@@ -243,6 +355,14 @@ class Inbox:
                     if isinstance(old, AskClaim) and old.taken is not None:
                         self._claims.remove(old)
                         break
+
+    def drop_claim(self, claim: Claim) -> None:
+        """Remove *claim* whatever it holds: it takes nothing more."""
+        with self._lock:
+            if isinstance(claim, AskClaim):
+                claim.abandoned = True
+            if claim in self._claims:
+                self._claims.remove(claim)
 
     def close_claim(self, claim: Claim) -> None:
         """Stop *claim* from taking more (an ask or interrupt that gave up or got all)."""

@@ -182,6 +182,8 @@ _CLASSES: dict[str, type[Message]] = {
 
 def _str(content: Mapping[str, Any], field: str) -> str | None:
     value = content.get(FIELDS[field])
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 1.0 and 1 are the same sentence
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a sentence id may come as a number
     return value if isinstance(value, str) else None

@@ -146,6 +146,8 @@ class SessionOptions:
         extra = dict(_extra(options.pop("extra", {})))
         for name, wire in PASS_THROUGH.items():
             if name in options:
+                if wire in extra:
+                    raise InvalidArgumentError(f"{name} is given twice: as {name}= and in extra")
                 extra[wire] = options.pop(name)
         unknown = sorted(set(options) - set(_WIRE_NAMES))
         if unknown:

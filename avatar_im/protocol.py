@@ -459,13 +459,19 @@ class ClientProtocol:
     def _refuse(self, message_id: str, error: object) -> None:
         self._record(message_id, error)
 
-    def start_session(self, options: SessionOptions, now_ms: int) -> str:
-        """Queue a ``start`` with *options*; return its message id."""
+    def start_session(
+        self, options: SessionOptions, now_ms: int, max_size: int | None = None
+    ) -> str:
+        """Queue a ``start`` with *options*; return its message id.
+
+        Raises :class:`InvalidArgumentError` for a start over *max_size* bytes.
+        """
         self._check_open()
         content: dict[str, Any] = {"type": "start", "sessionId": self.session_id}
         content.update(options.to_wire())
+        prepared = self.prepare(content, now_ms, max_size)
         self._last_ms = now_ms
-        message_id = self._enqueue(self.prepare(content, now_ms), gated=False, is_start=True)
+        message_id = self._enqueue(prepared, gated=False, is_start=True)
         self._start_content = content
         self._epoch += 1  # what was written before this start belongs to the previous one
         self._requeue_anchor = message_id

@@ -462,3 +462,145 @@ def test_families_table_marks_each_string() -> None:
     confirmed = {f.wire_type for f in BY_NAME.values() if f.status is Status.CONFIRMED}
     assert confirmed == {"startResult"}
     assert BY_NAME["text_reply"].status is Status.REFERENCE
+
+
+# --- what the review found -----------------------------------------------------------------
+
+
+def test_an_oversized_start_is_refused_at_the_call(ready: AvatarIM) -> None:
+    """A start over max_message_size raises at the call instead of looping on reconnects."""
+    with pytest.raises(InvalidArgumentError, match="over the"):
+        ready.start_session(extra={"k": "x" * (17 * 2**20)})
+    assert ready.ask("still fine", TIMEOUT).text == "You said: still fine"
+
+
+def test_a_late_reply_goes_to_receive_not_to_the_next_ask(make_client: ClientFactory) -> None:
+    """A reply that comes after its ask timed out is not taken by the next ask."""
+    release = threading.Event()
+
+    def slow_for_a(text: str) -> str:
+        if text == "a":
+            release.wait(TIMEOUT)
+        return f"You said: {text}"
+
+    with ReferenceServer(reply=slow_for_a, speaking_rate=400.0, speaking_base=0.05) as server:
+        client = make_client(url=server.url)
+        client.start_session()
+        client.wait_session_ready(TIMEOUT)
+        with pytest.raises(AskTimeout):
+            client.ask("a", 0.2)
+        asked = []
+        asker = threading.Thread(target=lambda: asked.append(client.ask("b", TIMEOUT).text))
+        asker.start()
+        assert wait_until(lambda: client.stats.acks_received >= 2, TIMEOUT)  # "b" is queued
+        release.set()
+        asker.join(TIMEOUT * 2)
+        assert asked == ["You said: b"]
+        assert client.receive(TIMEOUT, family="reply").text == "You said: a"
+        client.close()
+
+
+def test_an_interrupted_ask_ends_and_leaves_later_broadcasts_alone(
+    make_cloud_client: ClientFactory,
+) -> None:
+    """An ask waiting for a broadcast that an interrupt dropped returns, marked interrupted;
+    the broadcasts of later texts go to receive()."""
+    client = make_cloud_client(interrupt_via=MODELLED_INTERRUPT)
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    client.ask("a long answer " * 60, TIMEOUT)  # about 2 s of speech
+    answers: list[Any] = []
+    asker = threading.Thread(
+        target=lambda: answers.append(client.ask("second", TIMEOUT * 4, wait_spoken=True))
+    )
+    asker.start()
+    assert wait_until(lambda: client.stats.acks_received >= 3, TIMEOUT)
+    client.interrupt(TIMEOUT)
+    asker.join(TIMEOUT)
+    assert answers and answers[0].text == "You said: second" and answers[0].interrupted
+    client.send_text("third")
+    start = client.receive(TIMEOUT, family="broadcast_start")
+    assert start.text == "You said: third"
+
+
+def test_a_refused_ask_or_interrupt_raises_at_once(
+    cloud_server: ReferenceServer, make_cloud_client: ClientFactory
+) -> None:
+    """A text or an interrupt the server refuses raises AckError without waiting out the
+    timeout (here none: the wait would never end)."""
+    client = make_cloud_client(
+        ack_policy=AckPolicy(session_lost=set()),  # the server's SESSION_NOT_FOUND is final
+        interrupt_via=MODELLED_INTERRUPT,
+        reconnect=FAST,
+    )
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    cloud_server.restart(keep_state=False)  # the session is forgotten
+    errors: list[BaseException] = []
+
+    def call(fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    for fn in (lambda: client.ask("lost", None), lambda: client.interrupt(None)):
+        thread = threading.Thread(target=call, args=(fn,))
+        thread.start()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    assert [type(e).__name__ for e in errors] == ["AckError", "AckError"]
+    assert all(e.error == "SESSION_NOT_FOUND" for e in errors)  # type: ignore[attr-defined]
+
+
+def test_interrupt_via_errors_are_typed(make_cloud_client: ClientFactory) -> None:
+    """A class is refused as interrupt_via; a callable that fails raises InterruptError."""
+    from avatar_im import InterruptError
+
+    with pytest.raises(InvalidArgumentTypeError):
+        make_cloud_client(interrupt_via=dict)
+
+    def broken(session_id: str) -> None:
+        raise ZeroDivisionError("boom")
+
+    client = make_cloud_client(interrupt_via=broken)
+    client.start_session()
+    client.wait_session_ready(TIMEOUT)
+    with pytest.raises(InterruptError, match="ZeroDivisionError: boom") as info:
+        client.interrupt(TIMEOUT)
+    assert info.value.report.service_told is False  # type: ignore[attr-defined]
+
+
+def test_wait_until_quiet_raises_once_closed(ready: AvatarIM) -> None:
+    """Closing ends a wait_until_quiet with ClientClosedError, not a silent return."""
+    ready.send_text("long " * 400)
+    assert ready.receive(TIMEOUT, family="broadcast_start")
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            ready.wait_until_quiet(30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    ready.close()
+    thread.join(TIMEOUT)
+    assert len(errors) == 1 and isinstance(errors[0], ClientClosedError)
+    with pytest.raises(ClientClosedError):
+        ready.wait_until_quiet(1)
+
+
+def test_receive_and_the_server_refuse_odd_arguments(
+    cloud_server: ReferenceServer, ready: AvatarIM
+) -> None:
+    """Events are not business messages; unhashable names and non-str ids raise typed errors."""
+    with pytest.raises(InvalidArgumentError, match="receive_event"):
+        ready.receive(0.01, family="event")
+    with pytest.raises(InvalidArgumentTypeError):
+        ready.receive(0.01, family=[["reply"]])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgumentError):
+        cloud_server.interrupt(["x"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        ready.start_session(voice="b", extra={"voice": "a"})

@@ -54,6 +54,7 @@ from typing import Any
 
 import attrs
 
+from ..exceptions import InvalidArgumentError
 from ..families import BY_NAME, FIELDS
 from .responder import BYTES_PER_SAMPLE, WAV_HEADER_BYTES
 
@@ -143,8 +144,19 @@ class Transcripts:
         self.shared: deque[str] = deque()
         self.by_session: dict[str, deque[str]] = {}
 
+    #: How many texts may wait to be heard, over all sessions (a test's, not a flood's).
+    LIMIT = 10_000
+
+    def __len__(self) -> int:
+        return len(self.shared) + sum(len(q) for q in self.by_session.values())
+
     def add(self, text: str, session_id: str | None = None) -> None:
-        """Queue *text* for *session_id*'s next utterance, or for anyone's (``None``)."""
+        """Queue *text* for *session_id*'s next utterance, or for anyone's (``None``).
+
+        Raises :class:`InvalidArgumentError` beyond :attr:`LIMIT` queued texts.
+        """
+        if len(self) >= self.LIMIT:
+            raise InvalidArgumentError(f"{self.LIMIT} texts are already queued to be heard")
         if session_id is None:
             self.shared.append(text)
         else:

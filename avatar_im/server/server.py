@@ -1101,6 +1101,8 @@ class ReferenceServer:
         both profiles).  Return whether a sentence was being spoken; ``False``,
         with nothing sent, for a session that is unknown or stopped.
         """
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidArgumentError("session_id must be a non-empty str")
         with self._changed:
             result = self._state.interrupt(session_id, now=time.monotonic())
             if result is None:
