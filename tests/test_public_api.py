@@ -69,3 +69,18 @@ def test_pure_modules_do_no_io(module_name: str) -> None:
 def test_every_module_declares_all(module_name: str) -> None:
     """Every library module says what it exports."""
     assert isinstance(importlib.import_module(module_name).__all__, list)
+
+
+def test_import_avatar_im_loads_no_networking_until_used() -> None:
+    """`import avatar_im` is cheap: the client and websocket-client load on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, avatar_im\n"
+        "print('websocket' in sys.modules, 'avatar_im.client' in sys.modules)\n"
+        "avatar_im.AvatarIM\n"
+        "print('websocket' in sys.modules, 'avatar_im.client' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True", "True"]
