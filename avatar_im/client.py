@@ -1414,11 +1414,8 @@ def _transport_options(
     if proxy is not None:
         _require_str("proxy", proxy)
         assert isinstance(proxy, str)
-        parsed = parse_proxy(proxy) if proxy.startswith("http://") else None
-        if parsed is None:
-            raise InvalidArgumentError("proxy must look like http://[user:password@]host:port")
-        options["proxy"] = parsed
-    # Without proxy=..., the environment's http_proxy / https_proxy / no_proxy apply.
+        options["proxy"] = parse_proxy(proxy)  # InvalidArgumentError naming the schemes
+    # Without proxy=..., the environment's http(s)_proxy / all_proxy / no_proxy apply.
     return options
 
 

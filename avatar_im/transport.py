@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from .dial import Dialer, Proxy, proxy_from_environment
+from .dial import Dialer, Proxy, ProxyError, proxy_from_environment
 from .exceptions import (
     AuthenticationError,
     CertificateError,
@@ -104,6 +104,39 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 _REDIRECTS = (301, 302, 303, 307, 308)
 # Unsent bytes above which a ping is not answered (see _control).
 _CONTROL_CAP = 65536
+# Random bytes drawn at once for mask keys (4 per frame): one getrandom per 1,024 frames.
+_KEY_BLOCK = 4096
+
+
+class _MaskKeys:
+    """Mask keys from ``os.urandom``, drawn in blocks; any thread may :meth:`take`.
+
+    Every key byte is handed out once.  Each transport has its own, and
+    :meth:`forget` empties it, so that a forked child never reuses its parent's.
+    """
+
+    def __init__(self, block: int = _KEY_BLOCK) -> None:
+        self._block = block
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        """*n* fresh random bytes."""
+        with self._lock:
+            pos = self._pos
+            end = pos + n
+            if end > len(self._pool):
+                self._pool = os.urandom(max(self._block, n))
+                pos, end = 0, n
+            self._pos = end
+            return self._pool[pos:end]
+
+    def forget(self) -> None:
+        """Drop the bytes not handed out yet (in a forked child: a fresh lock, never waited on)."""
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
 
 
 class Transport:
@@ -116,6 +149,7 @@ class Transport:
         self._sslopt = sslopt
         self._dialer = Dialer()
         self._reader = FrameReader(max_message_size)
+        self._keys = _MaskKeys()
         self._limit = max_message_size
         self._sock: socket.socket | None = None
         self._poll: select.poll | None = None
@@ -154,7 +188,8 @@ class Transport:
 
         The socket is dialed here (see :mod:`.dial`), so :meth:`abort` can stop
         every step; ``websocket-client`` only performs the HTTP upgrade on it.
-        Without *proxy*, the standard proxy environment variables apply.  A
+        Without *proxy*, the standard proxy environment variables apply; a
+        proxy's failure is a :class:`ConnectionFailedError` naming it.  A
         redirect is refused with :class:`HandshakeError`: following it would
         bypass the dialer (no proxy, no TLS options, no prompt abort) and
         could carry the token to another host.
@@ -191,6 +226,10 @@ class Transport:
             raise CertificateError(
                 f"{shown}: the server's certificate failed verification: {exc.verify_message}"
             ) from None
+        except ProxyError as exc:
+            # It names the proxy (no credentials) and its answer.  Not a HandshakeError:
+            # a proxy's refusal is retried like any failed connect.
+            raise ConnectionFailedError(f"{shown}: {exc}") from None
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             self._refuse_redirect(shown)
             # The message of these errors can hold the URL: do not repeat it.
@@ -291,6 +330,7 @@ class Transport:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._wake_r = self._wake_w = -1
+        self._keys.forget()
         self._aborted = True
 
     # ---------------------------------------------------------------- reading
@@ -402,7 +442,7 @@ class Transport:
         Raises :class:`TransportClosed` when the connection is gone or closing.
         """
         payloads = [f.encode("utf-8", "surrogatepass") for f in frames]
-        data = encode_frames(payloads, os.urandom(4 * len(payloads)))
+        data = encode_frames(payloads, self._keys.take(4 * len(payloads)))
         with self._wlock:
             if self._close_sent or self._sock is None:
                 raise TransportClosed("the connection is closing")

@@ -221,7 +221,7 @@ def test_connect_request_brackets_ipv6_hosts(host: str, authority: str) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"proxy": "socks5://127.0.0.1:1"}, {"proxy": "http://127.0.0.1"}, {"ca_file": "/nonexistent"}],
+    [{"proxy": "ftp://127.0.0.1:1"}, {"proxy": "http://127.0.0.1"}, {"ca_file": "/nonexistent"}],
 )
 def test_bad_tls_and_proxy_options(kwargs: dict[str, object]) -> None:
     """Malformed proxy URLs and missing CA files are refused at construction."""
