@@ -62,6 +62,8 @@ _pack_64 = struct.Struct("!Q").pack
 _unpack_16 = struct.Struct("!H").unpack_from
 _unpack_64 = struct.Struct("!Q").unpack_from
 _NATIVE = sys.byteorder
+# The first byte of a whole unfragmented text or binary frame, no extension bits.
+_SMALL_FIRST = frozenset({0x81, 0x82})
 
 
 #: Close codes (RFC 6455, section 7.4.1).
@@ -201,6 +203,30 @@ class FrameReader:
         completed before it on the error; the reader is unusable afterwards.
         """
         out: list[Message | Oversized] = []
+        pos = 0
+        if not self._buffer and not self._skip and self._opcode is None and not self._masked:
+            # The usual read: whole small unfragmented server frames (acks, pongs, short
+            # messages), taken straight from *data* without going through the buffer.
+            # Anything else (a longer, partial, fragmented or bad frame) goes on below.
+            end = len(data)
+            limit = self._limit
+            while end - pos >= 2:
+                first = data[pos]
+                length = data[pos + 1]
+                stop = pos + 2 + length
+                if (
+                    first not in _SMALL_FIRST
+                    or length > 125
+                    or stop > end
+                    or (limit is not None and length > limit)
+                ):
+                    break
+                out.append(Message(first & 0x0F, bytes(data[pos + 2 : stop])))
+                pos = stop
+            if pos == end:
+                return out
+            if pos:
+                data = data[pos:]
         try:
             self._feed(data, out)
         except FramingError as exc:

@@ -54,6 +54,10 @@ __all__ = [
     "sdk_rtt",
     "sdk_session_start",
     "sdk_text",
+    "websockets_audio",
+    "websockets_available",
+    "websockets_rtt",
+    "websockets_text",
     "wsapp_rtt",
 ]
 
@@ -427,3 +431,143 @@ def reconnect(server: ServerProcess, n: int, cap: float) -> list[Reconnect]:
     finally:
         client.close()
     return results
+
+
+# ------------------------------------------------------------------ baseline: websockets
+
+
+def websockets_available() -> bool:
+    """True when ``websockets`` (its threaded client, ``websockets.sync.client``) is installed."""
+    try:
+        import websockets.sync.client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class WebsocketsClient:
+    """A ``websockets.sync.client`` connection with a started session, written as a user would."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        from websockets.sync.client import connect
+
+        self.session_id = new_session_id("wsk")
+        self.ids = BaselineIds()
+        self.timeout = timeout
+        # compression=None: the SDK does not offer permessage-deflate either.
+        self.ws = connect(client_url(url), compression=None, open_timeout=timeout, close_timeout=1)
+        try:
+            first = self.ws.recv(timeout)
+            if first != "1":
+                raise RuntimeError(f"expected the accept frame 1, got {first!r}")
+            self.ws.send(envelope_frame(self.ids.new(), start_content(self.session_id)))
+            deadline = Deadline(timeout)
+            while True:
+                data = self.ws.recv(deadline.remaining())
+                if isinstance(data, str) and data[:1] == "5" and '"startResult"' in data:
+                    break
+        except BaseException:
+            self.ws.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection (bounded by close_timeout)."""
+        self.ws.close()
+
+
+class _WebsocketsAcks(threading.Thread):
+    """Reads every frame with ``recv()`` and counts acks, until *expected* (as AckReader)."""
+
+    def __init__(self, ws: Any, expected: int, timeout: float) -> None:
+        super().__init__(name="bench-wsk-reader", daemon=True)
+        self._ws = ws
+        self._timeout = timeout
+        self.expected = expected
+        self.acked = 0
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        recv, loads, timeout = self._ws.recv, json.loads, self._timeout
+        try:
+            while self.acked < self.expected:
+                data = recv(timeout)
+                if data[:1] == "6":
+                    loads(data[1:])
+                    self.acked += 1
+        except BaseException as exc:  # timed out or closed: report, never hang
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait(self, deadline: Deadline, what: str) -> None:
+        if not self.done.wait(deadline.remaining()) or self.acked < self.expected:
+            raise Capped(f"{what}: {self.acked}/{self.expected} acks ({self.error!r})")
+
+
+def _websockets_throughput(
+    url: str, n: int, cap: float, threads: int, content: Callable[[str], dict[str, Any]]
+) -> Throughput:
+    client = WebsocketsClient(url, timeout=cap)
+    deadline = Deadline(cap)
+    sent = n // threads * threads
+    reader = _WebsocketsAcks(client.ws, sent, cap)
+    try:
+        reader.start()
+        send, new_id = client.ws.send, client.ids.new
+
+        def loop(count: int) -> None:
+            for i in range(count):
+                if not i % CHECK_EVERY and deadline.expired():
+                    return
+                send(envelope_frame(new_id(), content(client.session_id)))
+
+        cpu0 = cpu_seconds()
+        t0 = time.perf_counter()
+        run_senders(loop, n, threads, deadline)
+        reader.wait(deadline, f"websockets x{threads}")
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+    finally:
+        client.close()
+        reader.join(1)
+    return Throughput(sent / elapsed, cpu / sent * 1e6)
+
+
+def websockets_text(url: str, n: int, cap: float, threads: int = 1) -> Throughput:
+    """``websockets.sync.client``: ``json.dumps`` of the envelope + ``send``, a reader thread."""
+    return _websockets_throughput(url, n, cap, threads, text_content)
+
+
+def websockets_audio(url: str, n: int, cap: float) -> Throughput:
+    """``websockets.sync.client`` for audio: base64 + ``json.dumps`` + ``send`` per chunk."""
+
+    def content(session_id: str) -> dict[str, Any]:
+        return audio_content(session_id, base64.b64encode(AUDIO_CHUNK).decode("ascii"))
+
+    return _websockets_throughput(url, n, cap, 1, content)
+
+
+def websockets_rtt(url: str, n: int, cap: float) -> list[float]:
+    """``websockets.sync.client``, same thread: ``send`` then ``recv`` until this ack."""
+    client = WebsocketsClient(url, timeout=cap)
+    deadline = Deadline(cap)
+    ws = client.ws
+    times: list[float] = []
+    try:
+        clock = time.perf_counter
+        for _ in range(n):
+            message_id = client.ids.new()
+            t0 = clock()
+            ws.send(envelope_frame(message_id, text_content(client.session_id)))
+            while True:
+                data = ws.recv(deadline.remaining())
+                if data[:1] == "6" and json.loads(data[1:])["messageId"] == message_id:
+                    break
+            times.append(clock() - t0)
+            deadline.check("websockets round trip")
+    except TimeoutError as exc:
+        raise Capped(f"websockets round trip: {exc}") from exc
+    finally:
+        client.close()
+    return times

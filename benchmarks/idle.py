@@ -53,6 +53,8 @@ class Idle:
     rss_before_kb: int
     rss_after_kb: int
     cpu_seconds: float
+    #: CPU seconds the server process used over the same idle window (0 without its pid).
+    server_cpu_seconds: float = 0.0
 
     @property
     def threads_per_client(self) -> float:
@@ -69,9 +71,37 @@ class Idle:
         """CPU used while idle, in percent of one core."""
         return self.cpu_seconds / self.seconds * 100
 
+    @property
+    def server_cpu_percent(self) -> float:
+        """The server's CPU over the idle window, in percent of one core."""
+        return self.server_cpu_seconds / self.seconds * 100
 
-def measure(kind: str, url: str, clients: int, seconds: float, cap: float) -> Idle:
-    """Run one measurement of *kind* (``sdk`` or ``wsapp``) in a child process."""
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process *pid* (0.0 for pid 0)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    kind: str,
+    url: str,
+    clients: int,
+    seconds: float,
+    cap: float,
+    *,
+    heartbeat: float | None = None,
+    server_pid: int = 0,
+) -> Idle:
+    """Run one measurement of *kind* (``sdk`` or ``wsapp``) in a child process.
+
+    *heartbeat* sets the SDK clients' heartbeat interval (their default when
+    ``None``); with *server_pid* the child also measures that process's CPU
+    over the same idle window.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [
@@ -83,7 +113,10 @@ def measure(kind: str, url: str, clients: int, seconds: float, cap: float) -> Id
         f"--clients={clients}",
         f"--seconds={seconds}",
         f"--cap={cap}",
+        f"--server-pid={server_pid}",
     ]
+    if heartbeat is not None:
+        command.append(f"--heartbeat={heartbeat}")
     try:
         done = subprocess.run(
             command,
@@ -104,9 +137,12 @@ def measure(kind: str, url: str, clients: int, seconds: float, cap: float) -> Id
 # ------------------------------------------------------------------ the child
 
 
-def _sdk_clients(url: str, clients: int, deadline: Deadline) -> tuple[list[Any], Any]:
+def _sdk_clients(
+    url: str, clients: int, deadline: Deadline, heartbeat: float | None = None
+) -> tuple[list[Any], Any]:
     from avatar_im import AvatarIM
 
+    options: dict[str, Any] = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
     made = [
         AvatarIM(
             token=TOKEN,
@@ -114,6 +150,7 @@ def _sdk_clients(url: str, clients: int, deadline: Deadline) -> tuple[list[Any],
             tenant_id=TENANT_ID,
             session_id=new_session_id("idle"),
             url=url,
+            **options,
         )
         for _ in range(clients)
     ]
@@ -127,7 +164,9 @@ def _sdk_clients(url: str, clients: int, deadline: Deadline) -> tuple[list[Any],
     return made, close
 
 
-def _wsapp_clients(url: str, clients: int, deadline: Deadline) -> tuple[list[Any], Any]:
+def _wsapp_clients(
+    url: str, clients: int, deadline: Deadline, heartbeat: float | None = None
+) -> tuple[list[Any], Any]:
     import websocket
 
     opened = threading.Semaphore(0)
@@ -168,7 +207,15 @@ def _wsapp_clients(url: str, clients: int, deadline: Deadline) -> tuple[list[Any
     return apps, close
 
 
-def _child(kind: str, url: str, clients: int, seconds: float, cap: float) -> Idle:
+def _child(
+    kind: str,
+    url: str,
+    clients: int,
+    seconds: float,
+    cap: float,
+    heartbeat: float | None = None,
+    server_pid: int = 0,
+) -> Idle:
     # Import and warm up everything first, so that only the clients count.
     import websocket  # noqa: F401
 
@@ -176,22 +223,23 @@ def _child(kind: str, url: str, clients: int, seconds: float, cap: float) -> Idl
 
     deadline = Deadline(cap)
     factory = _sdk_clients if kind == "sdk" else _wsapp_clients
-    warm, close_warm = factory(url, 1, deadline)
+    warm, close_warm = factory(url, 1, deadline, heartbeat)
     close_warm()
     del warm
     gc.collect()
     threads_before = threading.active_count()
     rss_before = rss_kb()
-    made, close = factory(url, clients, deadline)
+    made, close = factory(url, clients, deadline, heartbeat)
     try:
         gc.collect()
         time.sleep(min(0.5, seconds))  # let the handshakes' leftovers settle
         threads_after = threading.active_count()
         rss_after = rss_kb()
-        cpu0 = cpu_seconds()
+        cpu0, server0 = cpu_seconds(), _process_cpu(server_pid)
         t0 = time.perf_counter()
         time.sleep(seconds)  # idle: nothing is sent; the heartbeats run as configured
         cpu = cpu_seconds() - cpu0
+        server_cpu = _process_cpu(server_pid) - server0
         elapsed = time.perf_counter() - t0
     finally:
         close()
@@ -204,6 +252,7 @@ def _child(kind: str, url: str, clients: int, seconds: float, cap: float) -> Idl
         rss_before_kb=rss_before,
         rss_after_kb=rss_after,
         cpu_seconds=cpu,
+        server_cpu_seconds=server_cpu,
     )
 
 
@@ -215,8 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--cap", type=float, default=60.0)
+    parser.add_argument("--heartbeat", type=float, help="SDK heartbeat interval, seconds")
+    parser.add_argument("--server-pid", type=int, default=0, help="also measure its CPU")
     args = parser.parse_args(argv)
-    result = _child(args.kind, args.url, args.clients, args.seconds, args.cap)
+    result = _child(
+        args.kind, args.url, args.clients, args.seconds, args.cap, args.heartbeat, args.server_pid
+    )
     print(json.dumps(asdict(result)), flush=True)
     return 0
 

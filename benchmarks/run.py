@@ -1,11 +1,17 @@
 """The benchmark harness: ``python -m benchmarks.run [--quick] [--json FILE]``.
 
-Starts the reference server (its ``echo`` profile) and python-socketio's (for
-the peer figure) in child processes on loopback, runs every figure for the SDK
+Starts the reference server (its ``echo`` profile), python-socketio's (for
+the peer figure) and the Node peer (Node's ``ws``, fast enough that it is not
+what limits a client; installed with npm on first use, skipped with a note when
+node or npm is missing) in child processes on loopback, runs every figure for the SDK
 and its baselines alternately (several pairs, the order reversed every other
 pair), and prints the machine and one table: figure, SDK, baseline, ratio, goal, verdict.
 Values are medians over the pairs; the ratio is SDK / baseline of the
 medians, with the worst single pair's ratio where a goal bounds every run.
+
+``--callgrind`` adds the counted figures (:mod:`benchmarks.costs`):
+instructions per message under callgrind for the SDK and for
+``websockets.sync.client`` in the same run.
 
 Every measurement is bounded in count and by a hard time cap; a measurement
 that hits its cap gives ``n/a`` instead of a number.  The whole run is
@@ -28,9 +34,9 @@ from pathlib import Path
 import avatar_im
 from avatar_im import ReconnectPolicy
 
-from . import figures, idle, peer
+from . import costs, figures, idle, peer
 from .common import AUDIO_CHUNK, Capped, check_frames, machine_info, median, percentile
-from .servers import ROOT, ServerProcess
+from .servers import ROOT, ServerProcess, node_peer
 
 __all__ = ["FULL", "QUICK", "Config", "Row", "main", "run"]
 
@@ -52,6 +58,11 @@ class Config:
     reconnect_n: int = 8  #: server restarts
     peer_emits: int = 10_000  #: python-socketio emits per run
     peer_calls: int = 2_000  #: python-socketio calls per run
+    node_idle_clients: int = 1_000  #: idle clients against the Node peer
+    node_idle_seconds: float = 10.0  #: seconds their idle CPU is measured (1 s heartbeat)
+    syscall_n: int = 2_000  #: messages per child for system calls (N and 2N)
+    callgrind_n: int = 1_000  #: messages per child under callgrind (N and 2N)
+    import_runs: int = 7  #: fresh interpreters per import time
     cap: float = 60.0  #: hard time cap of one measurement, in seconds
     max_seconds: float = 1_800.0  #: hard cap of the whole run
     only: tuple[str, ...] = ()  #: figure groups to run (all when empty)
@@ -70,11 +81,30 @@ QUICK = Config(
     reconnect_n=2,
     peer_emits=300,
     peer_calls=50,
+    node_idle_clients=20,
+    node_idle_seconds=1.0,
+    syscall_n=100,
+    callgrind_n=5,
+    import_runs=3,
     cap=20.0,
     max_seconds=240.0,
 )
 
-GROUPS = ("text", "text8", "audio", "rtt", "start", "idle", "peer", "reconnect")
+GROUPS = (
+    "text",
+    "text8",
+    "audio",
+    "rtt",
+    "start",
+    "idle",
+    "peer",
+    "node",
+    "costs",
+    "callgrind",
+    "reconnect",
+)
+#: Groups run only when asked for (``--callgrind`` or ``--only``).
+ON_REQUEST = ("callgrind",)
 
 
 @dataclass
@@ -489,6 +519,267 @@ def peer_rows(url: str, config: Config) -> list[Row]:
     ]
 
 
+def _node_unavailable(figure: str) -> list[Row]:
+    why = node_peer()
+    return [Row(f"{figure} (skipped: {why})", "", math.nan, note=why or "")]
+
+
+def node_rows(config: Config) -> list[Row]:
+    """Against the Node peer (the server is not the bottleneck): SDK, websockets, the loop."""
+    if node_peer() is not None:
+        return _node_unavailable("node peer")
+    if not figures.websockets_available():
+        return [Row("node peer (skipped: websockets not installed)", "", math.nan)]
+    n, audio_n, cap = config.text_n, config.audio_n, config.cap
+    mb = len(AUDIO_CHUNK) / 1e6
+    rows: list[Row] = []
+    with ServerProcess("node") as server:
+        url = server.url
+        figures.sdk_text(url, 100, cap)
+        figures.websockets_text(url, 100, cap)
+
+        def timed(run: Callable[[], figures.Throughput], scale: float = 1.0) -> Metrics:
+            return _server_cpu(server, n, lambda: _throughput(run(), scale))
+
+        sdk, wsk, loop = alternate(
+            config.pairs,
+            [
+                lambda: timed(lambda: figures.sdk_text(url, n, cap)),
+                lambda: timed(lambda: figures.websockets_text(url, n, cap)),
+                lambda: timed(lambda: figures.handwritten_text(url, n, cap)),
+            ],
+        )
+        note = _server_note([("SDK", sdk), ("websockets", wsk), ("loop", loop)])
+        rows += [
+            compare(
+                "node peer: text 1 thread, delivered",
+                "msg/s",
+                sdk,
+                "rate",
+                wsk,
+                "websockets.sync.client",
+                goal=">= 1.0 x",
+                check=_at_least(1.0),
+                note=note,
+            ),
+            compare(
+                "node peer: text 1 thread, delivered",
+                "msg/s",
+                sdk,
+                "rate",
+                loop,
+                "websocket-client loop",
+                goal=">= 1.3 x",
+                check=_at_least(1.3),
+            ),
+            compare(
+                "node peer: text 1 thread, client CPU per message",
+                "us",
+                sdk,
+                "cpu_us",
+                wsk,
+                "websockets.sync.client",
+                note="whole client process; lower is better",
+            ),
+        ]
+        sdk8, wsk8 = alternate(
+            config.pairs,
+            [
+                lambda: timed(lambda: figures.sdk_text(url, n, cap, threads=8)),
+                lambda: timed(lambda: figures.websockets_text(url, n, cap, threads=8)),
+            ],
+        )
+        rows.append(
+            compare(
+                "node peer: text 8 threads, delivered",
+                "msg/s",
+                sdk8,
+                "rate",
+                wsk8,
+                "websockets.sync.client, 8 threads",
+                goal=">= 1.5 x",
+                check=_at_least(1.5),
+            )
+        )
+        asdk, awsk, aloop = alternate(
+            config.pairs,
+            [
+                lambda: timed(lambda: figures.sdk_audio(url, audio_n, cap), mb),
+                lambda: timed(lambda: figures.websockets_audio(url, audio_n, cap), mb),
+                lambda: timed(lambda: figures.handwritten_audio(url, audio_n, cap), mb),
+            ],
+        )
+        rows += [
+            compare(
+                "node peer: audio 40 ms chunks, delivered",
+                "MB/s",
+                asdk,
+                "rate",
+                awsk,
+                "websockets.sync.client",
+                goal=">= 1.0 x",
+                check=_at_least(1.0),
+                note="MB/s of PCM (1280-byte chunks)",
+            ),
+            compare(
+                "node peer: audio 40 ms chunks, delivered",
+                "MB/s",
+                asdk,
+                "rate",
+                aloop,
+                "websocket-client loop",
+                goal=">= 1.3 x",
+                check=_at_least(1.3),
+            ),
+        ]
+        rtt_sdk, rtt_wsk = alternate(
+            config.pairs,
+            [
+                lambda: _latency(figures.sdk_rtt(url, config.rtt_n, cap)),
+                lambda: _latency(figures.websockets_rtt(url, config.rtt_n, cap)),
+            ],
+        )
+        rows.append(
+            compare(
+                "node peer: round trip p50",
+                "us",
+                rtt_sdk,
+                "p50",
+                rtt_wsk,
+                "websockets.sync.client, send+recv",
+                goal="<= 1.0 x",
+                check=_at_most(1.0),
+            )
+        )
+        clients, seconds = config.node_idle_clients, config.node_idle_seconds
+        idle_runs = []
+        for _ in range(config.idle_pairs):
+            try:
+                result = idle.measure(
+                    "sdk", url, clients, seconds, cap, heartbeat=1.0, server_pid=server.pid
+                )
+            except Capped as exc:
+                _log(f"  capped: {exc}")
+                idle_runs.append({})
+                continue
+            idle_runs.append(
+                {
+                    "rss": result.rss_per_client_kb,
+                    "cpu": result.cpu_percent,
+                    "server_cpu": result.server_cpu_percent,
+                }
+            )
+        what = f"node peer: {clients} idle clients, 1 s heartbeat"
+        rows += [
+            compare(
+                f"{what}: RSS per client",
+                "KiB",
+                idle_runs,
+                "rss",
+                goal="<= 25 KiB",
+                check=lambda row: row.sdk <= 25.0,
+                note="(RSS after - before) / clients, in a fresh process",
+            ),
+            compare(
+                f"{what}: CPU",
+                "%",
+                idle_runs,
+                "cpu",
+                idle_runs,
+                "the Node peer's own CPU",
+                base_key="server_cpu",
+                goal="<= 1.0 x",
+                check=_at_most(1.0),
+                note="percent of one core over the idle window",
+            ),
+        ]
+    return rows
+
+
+def _cost_rows(
+    what: str, unit: str, found: list[costs.Cost], goals: dict[str, tuple[str, float]]
+) -> list[Row]:
+    rows = []
+    by = {(c.side, c.kind): c for c in found}
+    for kind in sorted({c.kind for c in found}, key=costs.KINDS.index):
+        sdk, wsk = by[("sdk", kind)], by[("websockets", kind)]
+        goal, bound = goals.get(kind, ("", math.nan))
+        row = Row(
+            f"{what} per {kind} message",
+            unit,
+            sdk.per_message,
+            baseline=wsk.per_message,
+            baseline_name="websockets.sync.client",
+            goal=goal,
+            sdk_values=[sdk.per_message],
+            baseline_values=[wsk.per_message],
+            note="; ".join(filter(None, [sdk.why, wsk.why])),
+        )
+        if not math.isnan(row.ratio) and goal:
+            row.met = row.sdk <= bound and row.ratio <= 1.0
+        rows.append(row)
+    return rows
+
+
+def _counted_server() -> ServerProcess:
+    return ServerProcess("node" if node_peer() is None else "reference")
+
+
+def costs_rows(config: Config) -> list[Row]:
+    """System calls per message (strace; /proc/self/io) and import time."""
+    rows: list[Row] = []
+    with _counted_server() as server:
+        where = f"against the {server.kind} server; (count(2N) - count(N)) / N"
+        n = config.syscall_n
+        for row in _cost_rows(
+            "system calls (strace -f -c)",
+            "calls",
+            costs.syscalls(server.url, n, runs=1 if config.pairs < 3 else 3),
+            {"text": ("<= websockets", math.inf), "audio": ("<= websockets", math.inf)},
+        ):
+            row.note = "; ".join(filter(None, [where, row.note]))
+            rows.append(row)
+    ours = costs.import_ms("avatar_im", config.import_runs)
+    theirs = costs.import_ms("websockets.sync.client", config.import_runs)
+    loop = costs.import_ms("websocket", config.import_runs)
+    rows.append(
+        Row(
+            "import avatar_im",
+            "ms",
+            ours,
+            baseline=theirs,
+            baseline_name="import websockets.sync.client",
+            goal="<= 50 ms",
+            met=None if math.isnan(ours) else ours <= 50.0,
+            note=f"python -X importtime, median of {config.import_runs} fresh processes; "
+            f"import websocket: {loop:.0f} ms",
+        )
+    )
+    return rows
+
+
+def callgrind_rows(config: Config) -> list[Row]:
+    """Instructions per message under callgrind, the SDK and websockets in the same run."""
+    kinds = ("text",) if config.callgrind_n < 100 else costs.KINDS
+    with _counted_server() as server:
+        found = costs.instructions(server.url, config.callgrind_n, kinds=kinds)
+        kind = server.kind
+    rows = _cost_rows(
+        "instructions (callgrind)",
+        "instr",
+        found,
+        {
+            "text": ("<= 120k and < websockets", 120_000),
+            "audio": ("<= 200k and < websockets", 200_000),
+        },
+    )
+    for row in rows:
+        row.note = "; ".join(
+            filter(None, [f"against the {kind} server, N = {config.callgrind_n}", row.note])
+        )
+    return rows
+
+
 def reconnect_rows(server: ServerProcess, config: Config) -> list[Row]:
     """Server restarted: from its return to the first ack (default policy)."""
     policy = ReconnectPolicy()
@@ -539,6 +830,10 @@ def _number(value: float, unit: str) -> str:
         return f"{value:,.0f} {unit}"
     if unit in ("MB/s", "%", "threads"):
         return f"{value:.2f} {unit}"
+    if unit in ("instr",):
+        return f"{value / 1000:,.1f}k"
+    if unit in ("calls",):
+        return f"{value:.2f}"
     if unit in ("us", "KiB"):
         return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
     return f"{value:,.2f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
@@ -628,7 +923,7 @@ def run(config: Config) -> list[Row]:
     """Run every figure group selected by *config*; return the rows."""
     check_frames()
     started = time.monotonic()
-    selected = [g for g in GROUPS if not config.only or g in config.only]
+    selected = [g for g in GROUPS if g in config.only or (not config.only and g not in ON_REQUEST)]
     rows: list[Row] = []
     with ServerProcess("reference") as server:
         url = server.url
@@ -643,6 +938,9 @@ def run(config: Config) -> list[Row]:
             "start": lambda: start_rows(url, config),
             "idle": lambda: idle_rows(url, config),
             "peer": lambda: peer_rows(url, config),
+            "node": lambda: node_rows(config),
+            "costs": lambda: costs_rows(config),
+            "callgrind": lambda: callgrind_rows(config),
             # Last: it restarts the server under everything else.
             "reconnect": lambda: reconnect_rows(server, config),
         }
@@ -666,6 +964,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-clients", type=int, help="clients in the idle figure")
     parser.add_argument("--idle-seconds", type=float, help="seconds of idle CPU measurement")
     parser.add_argument("--only", help=f"comma-separated figure groups: {', '.join(GROUPS)}")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="also count instructions per message under callgrind (minutes)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
@@ -682,6 +985,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown figure group(s): {', '.join(unknown)}")
         config = replace(config, only=only)
+    if args.callgrind:
+        config = replace(
+            config,
+            only=(config.only or tuple(g for g in GROUPS if g not in ON_REQUEST)) + ("callgrind",),
+        )
 
     mode = "quick" if args.quick else "full"
     t0 = time.monotonic()

@@ -9,7 +9,10 @@ when ``restart()`` returned, comparable across processes on Linux) and
 ``quit``.  It also exits when its standard input closes, so it never outlives
 the harness.
 
-Run as ``python -m benchmarks.servers reference`` or ``... socketio``.
+Run as ``python -m benchmarks.servers reference`` or ``... socketio``.  The third kind,
+``node``, is not Python: Node's ``ws`` running ``benchmarks/node/peer.js`` (the
+protocol's minimum, fast enough that it never limits a client), installed by
+:func:`node_peer` with ``npm install --prefix benchmarks/node`` on first use.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,9 +29,48 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ServerProcess"]
+__all__ = ["NODE_DIR", "ServerProcess", "node_peer"]
 
 ROOT = Path(__file__).absolute().parent.parent
+#: The Node peer: its script, its package.json and (once installed) its node_modules.
+NODE_DIR = ROOT / "benchmarks" / "node"
+
+_node_state: dict[str, str | None] = {}
+
+
+def node_peer(install: bool = True) -> str | None:
+    """``None`` when the Node peer can run (installing ``ws`` with npm if needed), else why not.
+
+    The answer is remembered for the process: npm runs at most once.
+    """
+    if "why" in _node_state:
+        return _node_state["why"]
+    why: str | None = None
+    if shutil.which("node") is None:
+        why = "node is not installed (the Node peer's figures are skipped)"
+    elif not (NODE_DIR / "node_modules" / "ws" / "package.json").exists():
+        npm = shutil.which("npm")
+        if npm is None or not install:
+            why = "npm is not installed: run `npm install --prefix benchmarks/node` (skipped)"
+        else:
+            try:
+                done = subprocess.run(
+                    [npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                why = f"npm install --prefix benchmarks/node failed: {exc} (skipped)"
+            else:
+                if done.returncode != 0:
+                    why = (
+                        "npm install --prefix benchmarks/node failed (skipped): "
+                        + done.stderr.strip()[-300:]
+                    )
+    _node_state["why"] = why
+    return why
 
 
 class ServerProcess:
@@ -37,8 +80,15 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.kind = kind
+        if kind == "node":
+            why = node_peer()
+            if why is not None:
+                raise RuntimeError(why)
+            command = [shutil.which("node") or "node", str(NODE_DIR / "peer.js")]
+        else:
+            command = [sys.executable, "-m", "benchmarks.servers", kind]
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.servers", kind],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -83,6 +133,11 @@ class ServerProcess:
         assert self._proc.stdin is not None
         self._proc.stdin.write(command + "\n")
         self._proc.stdin.flush()
+
+    @property
+    def pid(self) -> int:
+        """The server process's id."""
+        return self._proc.pid
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the server process has used (from /proc/<pid>/stat)."""

@@ -236,3 +236,52 @@ def test_many_tiny_fragments_cost_memory_like_their_payload() -> None:
         tracemalloc.stop()
     assert got == [Message(OP_TEXT, b"a" + b"b" * 199_998 + b"c")]
     assert peak < 2_000_000  # a list of fragments took ~8 MB
+
+
+def _feed_slowly(reader: FrameReader, data: bytes) -> list[Message | Oversized]:
+    """Feed one byte at a time: every frame goes through the buffered (general) path."""
+    out: list[Message | Oversized] = []
+    for i in range(len(data)):
+        out += reader.feed(data[i : i + 1])
+    return out
+
+
+_server_frames = st.lists(
+    st.tuples(
+        st.sampled_from([OP_TEXT, OP_BINARY, OP_PING]),
+        st.binary(max_size=300),
+        st.booleans(),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=_server_frames, cut=st.integers(min_value=0, max_value=2000))
+def test_the_small_frame_fast_path_agrees_with_the_buffered_path(
+    frames: list[tuple[int, bytes, bool]], cut: int
+) -> None:
+    """Whole small frames read in one feed give what the buffered parser gives, cut anywhere."""
+    data = b"".join(
+        server_frame(op, payload[:125] if op == OP_PING else payload) for op, payload, _ in frames
+    )
+    expected = _feed_slowly(FrameReader(200), data)
+    assert FrameReader(200).feed(data) == expected
+    reader = FrameReader(200)
+    cut = min(cut, len(data))
+    assert reader.feed(data[:cut]) + reader.feed(data[cut:]) == expected
+
+
+def test_the_fast_path_leaves_violations_and_fragments_to_the_general_parser() -> None:
+    """A bad frame after good small ones still fails, with the good ones on the error."""
+    good = server_frame(OP_TEXT, b"ok")
+    with pytest.raises(FramingError) as caught:
+        FrameReader().feed(good + bytes((0x81 | 0x40, 0)))
+    assert caught.value.messages == [Message(OP_TEXT, b"ok")]
+    first = server_frame(OP_TEXT, b"he", fin=False)
+    rest = server_frame(OP_CONT, b"llo")
+    assert FrameReader().feed(good + first + rest) == [
+        Message(OP_TEXT, b"ok"),
+        Message(OP_TEXT, b"hello"),
+    ]
+    assert FrameReader(1).feed(good) == [Oversized(2)]

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avatar_im import ProtocolError
-from avatar_im.packets import Packet, PacketType, decode_frame, encode_envelope, encode_frame
+from avatar_im.packets import (
+    Packet,
+    PacketType,
+    decode_frame,
+    encode_envelope,
+    encode_envelope_slow,
+    encode_frame,
+)
 
 
 def test_bodiless_frames_are_one_digit() -> None:
@@ -74,3 +84,47 @@ def test_garbage_raises_protocol_error(frame: str | bytes) -> None:
     """Every malformed frame raises ProtocolError and nothing else."""
     with pytest.raises(ProtocolError):
         decode_frame(frame)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_id=st.text(), app_id=st.text(), content=_json_values)
+def test_the_fast_envelope_is_byte_identical_to_the_reference(
+    message_id: str, app_id: str, content: object
+) -> None:
+    """encode_envelope (constant parts cached) writes exactly what dumps(envelope(...)) writes."""
+    assert encode_envelope(message_id, app_id, content) == encode_envelope_slow(
+        message_id, app_id, content
+    )
+
+
+@pytest.mark.parametrize("content", [{"x": math.nan}, {"x": object()}, {1j: 1}])
+def test_the_fast_envelope_refuses_what_the_reference_refuses(content: object) -> None:
+    """Both paths raise the same error type for content JSON cannot encode."""
+    with pytest.raises((TypeError, ValueError)) as slow:
+        encode_envelope_slow("m", "a", content)
+    with pytest.raises(slow.type):
+        encode_envelope("m", "a", content)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.dictionaries(st.text(), _json_values, max_size=4),
+    space=st.sampled_from(["", " ", "\n", " \t\r\n"]),
+)
+def test_the_fast_body_parser_agrees_with_json_loads(body: dict[str, object], space: str) -> None:
+    """The one-call scanner gives json.loads' object, trailing JSON whitespace allowed."""
+    text = json.dumps({"messageId": "m", **body}) + space
+    assert decode_frame("7" + text).body == json.loads(text)
+    with pytest.raises(ProtocolError):
+        decode_frame("7" + text + "x")

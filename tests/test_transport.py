@@ -204,3 +204,18 @@ def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(
         transport.read(0)
     assert sent > 1_000_000
     assert transport.buffered <= 65536 + 200
+
+
+def test_mask_keys_are_drawn_in_blocks_and_never_handed_out_twice() -> None:
+    """Keys come from os.urandom blocks; every byte once; forget() drops the rest."""
+    from avatar_im.transport import _MaskKeys
+
+    keys = _MaskKeys(block=64)
+    taken = [keys.take(4) for _ in range(16)]
+    assert all(len(k) == 4 for k in taken)
+    assert len(b"".join(taken)) == 64
+    big = keys.take(100)  # more than a block: one draw of its own
+    assert len(big) == 100
+    assert len(keys.take(4)) == 4
+    keys.forget()
+    assert len(keys.take(8)) == 8
