@@ -80,6 +80,17 @@ __all__ = ["FrameTooLarge", "Transport", "TransportClosed"]
 
 logger = logging.getLogger(__name__)
 
+#: How much of a frame the DEBUG log shows (``avatar-im -vv``).
+FRAME_LOG_CHARS = 1000
+
+
+def _abridged(frame: str | bytes) -> str:
+    """A frame for the DEBUG log: its first FRAME_LOG_CHARS characters, and its length."""
+    text = frame if isinstance(frame, str) else f"<{len(frame)} binary bytes>"
+    if len(text) <= FRAME_LOG_CHARS:
+        return text
+    return f"{text[:FRAME_LOG_CHARS]}... ({len(text)} chars)"
+
 
 class TransportClosed(ConnectionFailedError):
     """The connection is gone (closed by either side, reset, or aborted)."""
@@ -402,6 +413,10 @@ class Transport:
             self._ended = f"framing error: {failure}"
         if self._ended is not None and not out:
             raise TransportClosed(self._ended)
+        if out and logger.isEnabledFor(logging.DEBUG):
+            for item in out:
+                if not isinstance(item, FrameTooLarge):
+                    logger.debug("received frame: %s", _abridged(item))
         return out
 
     def _poller(self, sock: socket.socket) -> select.poll:
@@ -441,6 +456,9 @@ class Transport:
         frames end: they have all left once :attr:`sent_total` reaches it.
         Raises :class:`TransportClosed` when the connection is gone or closing.
         """
+        if logger.isEnabledFor(logging.DEBUG):
+            for frame in frames:
+                logger.debug("sent frame: %s", _abridged(frame))
         payloads = [f.encode("utf-8", "surrogatepass") for f in frames]
         data = encode_frames(payloads, self._keys.take(4 * len(payloads)))
         with self._wlock:
