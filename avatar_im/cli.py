@@ -946,7 +946,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--reply-wait", type=_wait, default=1.0, help="seconds to wait for each late reply (>= 0)"
     )
     send_audio.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    host = _add_parser(
+        commands, "host", "hold avatar sessions for web workers, over Redis", _cmd_host
+    )
+    from .host import add_arguments as host_arguments  # imports no redis
+
+    host_arguments(host)
+    _add_verbose(host, "verbose_command")
     return parser
+
+
+def _cmd_host(args: argparse.Namespace) -> int:
+    """Hold avatar sessions for web workers, over Redis (the 'relay' extra).
+
+    Any number of hosts share the sessions through a Redis consumer group;
+    web workers use them with avatar_im.relay.RelayClient.  See
+    docs/many-workers.md.
+    """
+    from .host import run
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

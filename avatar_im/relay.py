@@ -1,0 +1,949 @@
+"""A remote handle on an avatar session held by a :class:`~avatar_im.host.SessionHost`, over Redis.
+
+A web app under gunicorn or uWSGI runs several worker processes, often on
+several machines; an avatar session is one WebSocket in one process.  The
+hosts (``avatar-im host --redis URL``, or :class:`avatar_im.host.SessionHost`
+embedded) hold the WebSockets; a web worker talks to a session through a
+:class:`RelayClient`, which has the client's shape and works by Redis alone::
+
+    from avatar_im.relay import RelayClient
+
+    avatar = RelayClient("redis://127.0.0.1:6379/0", session_id="visitor-1")
+    avatar.start_session(output_mode="audio")
+    avatar.wait_session_ready(timeout=10)
+    print(avatar.ask("hello", timeout=10).text)
+
+Nothing in it is a socket to the avatar service, and nothing needs fork
+protection: the Redis connection is made lazily, per process (a handle made
+before ``fork()``, under ``gunicorn --preload``, connects afresh in each
+worker).  What it writes and reads (the names are under a *prefix*,
+``avatar-im`` by default):
+
+* ``<prefix>:s:<session>:cmd`` — the session's commands, a stream read by its
+  host through the consumer group ``hosts``; an entry leaves it (``XACK`` and
+  ``XDEL``) once the avatar service acknowledged it, so its length is the
+  session's backlog, bounded by *max_outbox* (:class:`~avatar_im.OutboxFullError`).
+* ``<prefix>:s:<session>:ev`` — what the service sent (messages, events) and
+  what became of each command (its ack), a stream capped with ``MAXLEN ~``
+  that any handle reads from where it left off.
+* ``<prefix>:s:<session>:meta`` — the session's options and state;
+  ``<prefix>:s:<session>:lease`` — which host holds it; ``<prefix>:ctl`` — one
+  entry per hosted session, pending in the ``hosts`` group while it is held.
+
+Every message id is made here, where the call is made (by the library's id
+factory), and travels with the command: a host that takes over a session
+replays what was not acknowledged with the same ids, and the service drops
+what it had already processed.  See ``docs/many-workers.md`` for the whole
+picture, the guarantees and their limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import audio
+from .client import InterruptReport
+from .exceptions import (
+    AckError,
+    AckTimeout,
+    AskTimeout,
+    AudioFormatError,
+    ClientClosedError,
+    ConnectionFailedError,
+    InterruptError,
+    InterruptTimeout,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MessageCancelledError,
+    OutboxFullError,
+    ReceiveTimeout,
+    SessionNotStartedError,
+    SessionReadyTimeout,
+    SessionStartError,
+    UnknownMessageError,
+)
+from .ids import MessageIdFactory, default_id_factory
+from .inbox import Answer, family_names
+from .messages import (
+    BroadcastEnd,
+    BroadcastStart,
+    InterruptResult,
+    Message,
+    Reply,
+    ServerEvent,
+    StartResult,
+    from_envelope,
+    from_event,
+)
+from .options import SessionOptions
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "HostsFullError",
+    "Keys",
+    "RelayClient",
+    "RelayUnavailableError",
+    "connect",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The default prefix of every Redis key the relay and the hosts use.
+DEFAULT_PREFIX = "avatar-im"
+#: The consumer group of the hosts, on the control stream and on each command stream.
+GROUP = "hosts"
+#: The longest session id accepted (it is part of Redis key names).
+MAX_SESSION_ID = 200
+#: How long a handle retries a Redis call that failed for the connection, by default (s).
+REDIS_RETRY = 5.0
+#: The seconds a handle waits for a host's result beyond the command's own timeout.
+RESULT_SLACK = 5.0
+#: How many outcomes (acks) and answers a handle remembers.
+MEMORY = 4096
+
+
+class RelayUnavailableError(ConnectionFailedError):
+    """Redis could not be reached (or kept failing) for the call's whole retry window.
+
+    :attr:`message_id` is the id of the command the call was making, when it
+    was making one: it may or may not be in Redis.  Sending it again with the
+    same id (``send_text(text, message_id=error.message_id)``) is safe: the
+    service processes an id once.
+    """
+
+    def __init__(self, message: str, *, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class HostsFullError(OutboxFullError):
+    """No live host has room for another session (each holds at most ``max_sessions``)."""
+
+
+class Keys:
+    """The Redis key names of the relay, under *prefix*."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise InvalidArgumentError("prefix must be a non-empty str")
+        self.prefix = prefix
+        self.ctl = f"{prefix}:ctl"  #: one entry per hosted session (the hosts' group)
+        self.hosts = f"{prefix}:hosts"  #: sorted set: host id -> heartbeat expiry (ms)
+        self.room = f"{prefix}:room"  #: hash: host id -> how many more sessions it takes
+
+    def cmd(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:cmd"
+
+    def ev(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:ev"
+
+    def meta(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:meta"
+
+    def lease(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:lease"
+
+    def cursor(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:cursor"
+
+
+# --------------------------------------------------------------- connections
+
+
+class _Pools:
+    """This process's Redis clients, one per URL (typed Any: redis-py's types are loose)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clients: dict[tuple[int, str], Any] = {}
+
+
+_pools = _Pools()
+
+
+def _reset_pools_after_fork() -> None:
+    # The child has one thread: nothing else can hold the lock or use the table now.  The
+    # parent's connections are not closed here (their sockets are the parent's).
+    _pools.lock = threading.Lock()
+    _pools.clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_after_fork)
+
+
+def connect(url: str, *, socket_timeout: float = 5.0) -> Any:
+    """This process's Redis client for *url* (made on first use, one per process and URL).
+
+    Raises :class:`ImportError` naming the ``relay`` extra when ``redis`` is missing.
+    """
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "avatar_im.relay needs the 'relay' extra: pip install 'avatar-im[relay]'",
+            name=exc.name,
+        ) from exc
+    key = (os.getpid(), url)
+    with _pools.lock:
+        client = _pools.clients.get(key)
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=min(socket_timeout, 2.0),
+                decode_responses=True,
+                health_check_interval=30,
+            )
+            _pools.clients[key] = client
+        return client
+
+
+def redis_down_errors() -> tuple[type[BaseException], ...]:
+    """The ``redis`` exceptions that mean "Redis is unreachable now" (retried)."""
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError)
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id ``"<ms>-<seq>"`` as a comparable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def check_session_id(session_id: object) -> str:
+    """Validate a session id for use in key names: a non-empty printable str, not too long."""
+    if not isinstance(session_id, str):
+        raise InvalidArgumentTypeError(f"session_id must be a str, got {type(session_id).__name__}")
+    if not session_id or len(session_id) > MAX_SESSION_ID or not session_id.isprintable():
+        raise InvalidArgumentError(
+            f"session_id must be 1 to {MAX_SESSION_ID} printable characters, got {session_id!r}"
+        )
+    return session_id
+
+
+def _timeout(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentTypeError(f"{name} must be a number or None")
+    if not math.isfinite(value) or value < 0 or value > threading.TIMEOUT_MAX:
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0")
+    return float(value)
+
+
+# The relay's side of a command: check the backlog, make sure a new session is announced to
+# the hosts (one control entry per session), append the command.  Atomic, so two workers
+# starting one session at once announce it once.  Returns {status, entry id or backlog,
+# the event stream's last id}: status 1 ok, 0 backlog full, -1 no session, -2 no host room.
+_ENQUEUE = """
+local cmd, meta, ctl, ev, hosts, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local last = redis.call('XREVRANGE', ev, '+', '-', 'COUNT', 1)
+local last_id = '0-0'
+if #last > 0 then last_id = last[1][1] end
+local n = redis.call('XLEN', cmd)
+if n >= tonumber(ARGV[1]) then return {0, tostring(n), last_id} end
+local hosted = redis.call('HGET', meta, 'ctl')
+if ARGV[5] == '1' then
+  if not hosted then
+    if ARGV[9] == '1' then
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('ZREMRANGEBYSCORE', hosts, '-inf', now)
+      local free = 0
+      for _, h in ipairs(redis.call('ZRANGE', hosts, 0, -1)) do
+        free = free + tonumber(redis.call('HGET', room, h) or '0')
+      end
+      if free <= 0 then return {-2, '0', last_id} end
+    end
+    redis.pcall('XGROUP', 'CREATE', cmd, 'hosts', '0', 'MKSTREAM')
+    local id = redis.call('XADD', ctl, '*', 'sid', ARGV[6])
+    redis.call('HSET', meta, 'ctl', id, 'state', 'new')
+  end
+  redis.call('HSET', meta, 'options', ARGV[7])
+elseif not hosted then
+  return {-1, '0', last_id}
+end
+local id = redis.call('XADD', cmd, '*', 'op', ARGV[2], 'mid', ARGV[3], 'body', ARGV[4])
+redis.call('HSET', meta, 'used', ARGV[10])
+redis.call('EXPIRE', meta, ARGV[8])
+redis.call('EXPIRE', cmd, ARGV[8])
+return {1, id, last_id}
+"""
+
+
+class RelayClient:
+    """A blocking handle on one avatar session, held by a host, reached through Redis.
+
+    The methods are the client's (:class:`~avatar_im.AvatarIM`): each send
+    returns the message id (made here), the waits take timeouts and raise the
+    client's typed errors.  Thread-safe; cheap to make (one per request is
+    fine: the Redis pool is per process and URL, see :func:`connect`).
+
+    A command is in Redis once a send returns: it reaches the service exactly
+    once, in the order of the sends, whichever host holds the session and
+    even when one dies (see ``docs/many-workers.md``).  When Redis cannot be
+    reached for *redis_retry* seconds a call raises
+    :class:`RelayUnavailableError` (with the command's ``message_id``: send
+    again with it).  A session's backlog of commands not yet acknowledged by
+    the service is at most *max_outbox* (:class:`~avatar_im.OutboxFullError`
+    beyond; with *send_timeout*, a send first waits that long for room).
+
+    :param redis_url: the Redis URL, ``redis://host:6379/0`` (``rediss://`` for TLS).
+    :param session_id: the session's id (the avatar service's session id).
+    :param prefix: the prefix of the Redis keys (the hosts' must be the same).
+    :param require_host: :meth:`start_session` of a session no host holds raises
+        :class:`HostsFullError` when no live host has room for it.
+    :param idle_timeout: the seconds after which the session's Redis keys expire
+        unused (the hosts stop it earlier, after their own idle timeout).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        session_id: str,
+        prefix: str = DEFAULT_PREFIX,
+        max_outbox: int = 10_000,
+        send_timeout: float | None = None,
+        receive_buffer: int = 1024,
+        redis_retry: float = REDIS_RETRY,
+        result_slack: float = RESULT_SLACK,
+        require_host: bool = True,
+        idle_timeout: float = 3600.0,
+        id_factory: MessageIdFactory | None = None,
+        max_message_size: int = 16 * 2**20,
+    ) -> None:
+        if not isinstance(redis_url, str) or not redis_url:
+            raise InvalidArgumentError("redis_url must be a non-empty str")
+        self.session_id = check_session_id(session_id)
+        for name, number in (
+            ("max_outbox", max_outbox),
+            ("receive_buffer", receive_buffer),
+            ("max_message_size", max_message_size),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {number!r}")
+        self._url = redis_url
+        self._keys = Keys(prefix)
+        self._max_outbox = max_outbox
+        self._send_timeout = _timeout("send_timeout", send_timeout)
+        self._retry = _timeout("redis_retry", redis_retry) or 0.0
+        self._slack = _timeout("result_slack", result_slack) or 0.0
+        idle = _timeout("idle_timeout", idle_timeout)
+        self._expire = max(60, int(idle or 3600) * 2)
+        self._require_host = bool(require_host)
+        self._receive_buffer = receive_buffer
+        self._max_message_size = max_message_size
+        self._ids = id_factory or default_id_factory
+        self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """The per-process state: made here, and again in a forked child on first use."""
+        self._pid = os.getpid()
+        # Guards everything below; _changed is notified when the pump filed new entries.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pumping = False  # a thread is reading the event stream (others wait)
+        self._pos: str | None = None  # the event stream id read up to
+        self._acks: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
+        self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._inbox: collections.deque[tuple[str, Message]] = collections.deque()
+        self._events: collections.deque[tuple[str, ServerEvent]] = collections.deque()
+        self._start_id: str | None = None
+        self._down: BaseException | None = None  # the last Redis error of the pump
+        self.dropped = 0  #: messages dropped from a full receive buffer
+
+    def _check(self) -> Any:
+        if os.getpid() != self._pid:  # made before fork(), used in the child: start afresh
+            self._reset()
+        if self._closed:
+            raise ClientClosedError("the relay client is closed")
+        return connect(self._url)
+
+    def __repr__(self) -> str:
+        return f"<RelayClient session_id={self.session_id!r} prefix={self._keys.prefix!r}>"
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close this handle: later calls raise :class:`ClientClosedError`.
+
+        The session goes on (its host holds it until :meth:`stop_session` or
+        its idle timeout), as closing an :class:`~avatar_im.AvatarIM` does not
+        stop its session either; the process's Redis pool stays for other handles.
+        """
+        self._closed = True
+        with self._changed:
+            self._changed.notify_all()
+
+    # ---------------------------------------------------------------- Redis
+
+    def _redis(self, what: str, call: Callable[[Any], T], message_id: str | None = None) -> T:
+        """Run *call*, retrying while Redis is unreachable, for at most the retry window."""
+        down = redis_down_errors()
+        deadline = time.monotonic() + self._retry
+        pause = 0.05
+        while True:
+            client = self._check()
+            try:
+                return call(client)
+            except down as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RelayUnavailableError(
+                        f"{what}: Redis unreachable for {self._retry:g}s: {exc}",
+                        message_id=message_id,
+                    ) from exc
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.5)
+
+    # ------------------------------------------------------------- commands
+
+    def _enqueue(
+        self,
+        op: str,
+        body: Mapping[str, Any],
+        *,
+        message_id: str | None = None,
+        start_options: Mapping[str, Any] | None = None,
+    ) -> str:
+        if message_id is None:
+            message_id = self._ids.new(time.time_ns() // 1_000_000)
+        elif not isinstance(message_id, str) or not message_id:
+            raise InvalidArgumentError("message_id must be a non-empty str")
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        if len(payload) > self._max_message_size:
+            raise InvalidArgumentError(
+                f"the command is {len(payload)} bytes, over max_message_size "
+                f"{self._max_message_size}"
+            )
+        keys = self._keys
+        sid = self.session_id
+        options = json.dumps(dict(start_options or {}), separators=(",", ":"))
+        args = [
+            self._max_outbox,
+            op,
+            message_id,
+            payload,
+            "1" if start_options is not None else "0",
+            sid,
+            options,
+            self._expire,
+            "1" if self._require_host else "0",
+            time.time_ns() // 1_000_000,
+        ]
+        script_keys = [
+            keys.cmd(sid),
+            keys.meta(sid),
+            keys.ctl,
+            keys.ev(sid),
+            keys.hosts,
+            keys.room,
+        ]
+        deadline = None if self._send_timeout is None else time.monotonic() + self._send_timeout
+        while True:
+            result: list[Any] = self._redis(
+                f"send {op}",
+                lambda r: r.eval(_ENQUEUE, len(script_keys), *script_keys, *args),
+                message_id,
+            )
+            status, value, last_id = int(result[0]), str(result[1]), str(result[2])
+            if status == 1:
+                break
+            if status == -1:
+                raise SessionNotStartedError(
+                    f"session {sid!r} is not hosted: call start_session() first"
+                )
+            if status == -2:
+                raise HostsFullError(
+                    "no live host has room for another session (each holds at most its "
+                    "max_sessions): start more hosts, or retry"
+                )
+            if deadline is None or time.monotonic() >= deadline:
+                raise OutboxFullError(
+                    f"session {sid!r} holds {value} commands not yet acknowledged "
+                    f"(max_outbox {self._max_outbox})"
+                )
+            time.sleep(0.05)
+        with self._lock:
+            if self._pos is None:
+                self._pos = last_id  # what this command gives comes after it
+        return message_id
+
+    def start_session(self, **options: Any) -> str:
+        """Start (or restart) the session on a host; returns the ``start`` message's id.
+
+        Options as :meth:`AvatarIM.start_session` (checked here).  The first
+        start of a session announces it to the hosts: one with room takes it.
+        Raises :class:`HostsFullError` when none has room.
+        """
+        SessionOptions.from_kwargs(dict(options))  # InvalidArgumentError at the call
+        try:
+            json.dumps(options)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"session options must be JSON values: {exc}") from exc
+        message_id = self._enqueue("start", {"options": options}, start_options=options)
+        self._start_id = message_id
+        return message_id
+
+    def wait_session_ready(self, timeout: float | None = None) -> StartResult:
+        """Wait until the host started the session (the service's ``startResult``); return it.
+
+        Raises :class:`SessionReadyTimeout` after *timeout*, :class:`SessionStartError`
+        when the service refused, :class:`SessionNotStartedError` before any
+        :meth:`start_session` of this handle.
+        """
+        timeout = _timeout("timeout", timeout)
+        start_id = self._start_id
+        if start_id is None:
+            raise SessionNotStartedError("call start_session() first (on this handle)")
+        try:
+            _, extra = self._outcome(start_id, timeout)
+        except AckTimeout:
+            raise SessionReadyTimeout(
+                f"session {self.session_id!r} not ready within {timeout}s (is a host running?)"
+            ) from None
+        envelope = (extra or {}).get("result")
+        result = from_envelope(envelope if isinstance(envelope, Mapping) else {})
+        if not isinstance(result, StartResult):  # pragma: no cover - the host sends one
+            result = StartResult(
+                family="start_result",
+                type=None,
+                session_id=self.session_id,
+                message_id=None,
+                content={},
+                raw={},
+            )
+        return result
+
+    def hosted(self) -> bool:
+        """Whether the session is announced to the hosts (started and not let go yet)."""
+        key = self._keys.meta(self.session_id)
+        return bool(self._redis("hosted", lambda r: r.hexists(key, "ctl")))
+
+    def stop_session(self) -> str:
+        """Stop the session; returns the ``stop`` message's id.  Its host then lets it go."""
+        return self._enqueue("stop", {})
+
+    def send_text(self, text: str, *, message_id: str | None = None) -> str:
+        """Send *text*; returns the message id (pass *message_id* to send one again)."""
+        _require_text(text)
+        return self._enqueue("text", {"text": text}, message_id=message_id)
+
+    def send_audio(
+        self,
+        data: bytes | bytearray | memoryview | Any = None,
+        *,
+        base64: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Send one audio chunk (16-bit PCM bytes, a NumPy array, or *base64*); its id."""
+        encoded = _audio_base64(data, base64)
+        return self._enqueue("audio", {"b64": encoded}, message_id=message_id)
+
+    def ask(self, text: str, timeout: float | None = 30.0, *, wait_spoken: bool = False) -> Answer:
+        """Send *text* and return the avatar's reply to it (and its broadcast, *wait_spoken*).
+
+        The host gives each reply to the oldest asked text still waiting that
+        was sent before it (the rule of :meth:`AvatarIM.ask`); asks from many
+        workers at once are answered in the order their texts reached Redis.
+        Raises :class:`AskTimeout` (with the text's ``message_id``) after
+        *timeout*, :class:`AckError` when the service refused the text.
+        """
+        _require_text(text)
+        timeout = _timeout("timeout", timeout)
+        if not isinstance(wait_spoken, bool):
+            raise InvalidArgumentTypeError("wait_spoken must be a bool")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        body = {"text": text, "ask": 30.0 if timeout is None else timeout}
+        message_id = self._enqueue("text", body)
+
+        def done() -> bool:
+            answer = self._answers.get(message_id)
+            if answer is not None and "r" in answer and (not wait_spoken or "x" in answer):
+                return True
+            ack = self._acks.get(message_id)
+            return ack is not None and ack[0] is not None
+
+        found = self._wait(done, deadline)
+        with self._lock:
+            answer = dict(self._answers.get(message_id) or {})
+            ack = self._acks.get(message_id)
+        if ack is not None and ack[0] is not None:
+            _raise_refusal(message_id, ack[0])
+        if not found or "r" not in answer:
+            raise AskTimeout(f"no reply to {message_id} within {timeout}s", message_id=message_id)
+        reply = from_envelope(answer["r"])
+        assert isinstance(reply, Reply)
+        start = end = None
+        if wait_spoken:
+            s = from_envelope(answer["s"]) if "s" in answer else None
+            x = from_envelope(answer["x"])
+            start = s if isinstance(s, BroadcastStart) else None
+            end = x if isinstance(x, BroadcastEnd) else None
+        interrupted = bool(end is not None and end.interrupted)
+        return Answer(message_id, reply, start, end, interrupted=interrupted)
+
+    def interrupt(
+        self,
+        timeout: float | None = 5.0,
+        *,
+        include_text: bool = False,
+        stop_streams: bool = True,
+    ) -> InterruptReport:
+        """Interrupt the avatar through its host (:meth:`AvatarIM.interrupt` there).
+
+        Returns the host's :class:`InterruptReport`; raises
+        :class:`InterruptTimeout` when the service did not confirm in
+        *timeout*, and also when the host did not answer within *timeout*
+        plus *result_slack* (the report then says nothing was told).
+        """
+        timeout = _timeout("timeout", timeout)
+        for name, flag in (("include_text", include_text), ("stop_streams", stop_streams)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentTypeError(f"{name} must be a bool")
+        body = {"timeout": timeout, "include_text": include_text, "stop_streams": stop_streams}
+        message_id = self._enqueue("interrupt", body)
+        wait = None if timeout is None else timeout + self._slack
+        try:
+            error, extra = self._outcome(message_id, wait, refusals=False)
+        except AckTimeout:
+            raise InterruptTimeout(
+                f"the host did not report the interrupt {message_id} within {wait}s",
+                report=InterruptReport(),
+            ) from None
+        report = _report(extra, message_id)
+        if error is None:
+            return report
+        kind = error.get("type") if isinstance(error, Mapping) else None
+        detail = error.get("detail", "") if isinstance(error, Mapping) else ""
+        if kind == "interrupt_timeout":
+            raise InterruptTimeout(f"no interrupt result within {timeout}s", report=report)
+        if kind == "interrupt_error":
+            raise InterruptError(f"interrupt failed on the host: {detail}", report=report)
+        _raise_refusal(message_id, error)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def wait_ack(self, message_id: str, timeout: float | None = None) -> None:
+        """Wait until the avatar service acknowledged *message_id* (through its host).
+
+        Raises :class:`AckError` when it was refused, :class:`MessageCancelledError`
+        when an interrupt cut it unsent, :class:`SessionNotStartedError` (and the
+        client's other errors at the call) when the host could not send it, and
+        :class:`AckTimeout` after *timeout*.  Ids sent through other handles are
+        found too, while their ack is still in the event stream.
+        """
+        if not isinstance(message_id, str) or not message_id:
+            raise InvalidArgumentError("message_id must be a non-empty str")
+        timeout = _timeout("timeout", timeout)
+        self._outcome(message_id, timeout)
+
+    def _outcome(
+        self, message_id: str, timeout: float | None, *, refusals: bool = True
+    ) -> tuple[Any, Any]:
+        """Wait for the host's outcome of *message_id*: (error or None, extra)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._pos is None:
+                self._pos = "0-0"  # an id not sent here: look through what is kept
+        if not self._wait(lambda: message_id in self._acks, deadline):
+            raise AckTimeout(f"no ack for {message_id} within {timeout}s")
+        with self._lock:
+            error, extra = self._acks[message_id]
+        if error is not None and refusals:
+            _raise_refusal(message_id, error)
+        return error, extra
+
+    # --------------------------------------------------------------- inbound
+
+    def receive(
+        self,
+        timeout: float | None = None,
+        *,
+        family: str | Iterable[str] | None = None,
+        match: Callable[[Message], bool] | None = None,
+    ) -> Message:
+        """Return the session's next business message, from where its readers left off.
+
+        The position is kept in Redis per session, so a handle in any worker
+        goes on where the last ``receive()`` of the session stopped; with
+        *family* or *match*, the oldest that fits (the others stay buffered
+        in this handle).  What :meth:`ask` returned is not returned here.
+        Raises :class:`ReceiveTimeout` after *timeout*.
+        """
+        timeout = _timeout("timeout", timeout)
+        wanted = None if family is None else family_names(family)
+        if wanted is not None and "event" in wanted:
+            raise InvalidArgumentError("events are not business messages: use receive_event()")
+        if match is not None and not callable(match):
+            raise InvalidArgumentTypeError("match must be callable or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor_key = self._keys.cursor(self.session_id)
+        cursor = self._redis("receive", lambda r: r.get(cursor_key))
+        with self._lock:
+            if self._pos is None:
+                self._pos = cursor if isinstance(cursor, str) else self._last_event_id()
+            if isinstance(cursor, str):  # what another handle's receive() took already
+                floor = stream_id(cursor)
+                self._inbox = collections.deque(
+                    item for item in self._inbox if stream_id(item[0]) > floor
+                )
+
+        def fits(message: Message) -> bool:
+            if wanted is not None and message.family not in wanted and "message" not in wanted:
+                return False
+            return match is None or bool(match(message))
+
+        taken: list[tuple[str, Message]] = []
+
+        def take() -> bool:
+            for item in self._inbox:
+                if fits(item[1]):
+                    self._inbox.remove(item)
+                    taken.append(item)
+                    return True
+            return False
+
+        if not self._wait(take, deadline):
+            raise ReceiveTimeout(f"nothing received within {timeout}s")
+        entry_id, message = taken[0]
+        self._redis("receive", lambda r: r.set(cursor_key, entry_id, ex=self._expire))
+        return message
+
+    def receive_event(self, timeout: float | None = None) -> ServerEvent:
+        """Return the next event (packet ``7``) of the session, waiting if needed."""
+        timeout = _timeout("timeout", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._pos is None:
+                self._pos = self._last_event_id()
+        taken: list[ServerEvent] = []
+
+        def take() -> bool:
+            if self._events:
+                taken.append(self._events.popleft()[1])
+                return True
+            return False
+
+        if not self._wait(take, deadline):
+            raise ReceiveTimeout(f"no event within {timeout}s")
+        return taken[0]
+
+    def _last_event_id(self) -> str:
+        """The event stream's last id now (read with the lock held: a quick call)."""
+        key = self._keys.ev(self.session_id)
+        last = self._redis("receive", lambda r: r.xrevrange(key, "+", "-", count=1))
+        return str(last[0][0]) if last else "0-0"
+
+    # ----------------------------------------------------------------- pump
+
+    def _wait(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Read the event stream until ``done()`` (checked with the lock held) or *deadline*.
+
+        One thread reads at a time; the others wait for what it files.  Redis
+        being down delays the wait, and raises :class:`RelayUnavailableError`
+        only when the deadline passes with Redis still down.
+        """
+        key = self._keys.ev(self.session_id)
+        down = redis_down_errors()
+        while True:
+            with self._changed:
+                while True:
+                    if done():
+                        return True
+                    if self._closed:
+                        raise ClientClosedError("the relay client is closed")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        failure = self._down
+                        if failure is not None:
+                            raise RelayUnavailableError(
+                                f"Redis unreachable while waiting: {failure}"
+                            ) from failure
+                        return False
+                    if not self._pumping:
+                        self._pumping = True
+                        position = self._pos or "0-0"
+                        break
+                    self._changed.wait(0.5 if left is None else min(left, 0.5))
+            block = 500 if left is None else max(1, min(500, int(left * 1000)))
+            entries: list[Any] = []
+            try:
+                client = self._check()
+                reply = client.xread({key: position}, count=500, block=block)
+                entries = reply[0][1] if reply else []
+                error: BaseException | None = None
+            except down as exc:
+                error = exc
+            except BaseException:
+                with self._changed:
+                    self._pumping = False
+                    self._changed.notify_all()
+                raise
+            with self._changed:
+                self._pumping = False
+                self._down = error
+                if entries:
+                    self._file(entries)
+                self._changed.notify_all()
+            if error is not None:
+                time.sleep(0.1)
+
+    def _file(self, entries: list[Any]) -> None:
+        """File read entries: acks, answers, messages and events (the lock held)."""
+        for entry_id, fields in entries:
+            self._pos = entry_id
+            kind = fields.get("k")
+            if kind == "a":
+                error = json.loads(fields["err"]) if fields.get("err") else None
+                extra = json.loads(fields["x"]) if fields.get("x") else None
+                _remember(self._acks, fields.get("id", ""), (error, extra))
+            elif kind == "m":
+                envelope = json.loads(fields.get("e", "{}"))
+                asked = fields.get("a")
+                if asked:
+                    answer = self._answers.get(asked)
+                    if answer is None:
+                        answer = {}
+                        _remember(self._answers, asked, answer)
+                    answer[fields.get("p", "r")] = envelope
+                    continue
+                message = from_envelope(envelope)
+                self._inbox.append((entry_id, message))
+                if len(self._inbox) > self._receive_buffer:
+                    self._inbox.popleft()
+                    self.dropped += 1
+            elif kind == "v":
+                event = from_event(json.loads(fields.get("e", "{}")))
+                self._events.append((entry_id, event))
+                if len(self._events) > self._receive_buffer:
+                    self._events.popleft()
+                    self.dropped += 1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _remember(table: collections.OrderedDict[str, T], key: str, value: T) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > MEMORY:
+        table.popitem(last=False)
+
+
+def _require_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise InvalidArgumentTypeError(f"text must be a str, got {type(text).__name__}")
+    if not text:
+        raise InvalidArgumentError("text must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
+
+
+def _audio_base64(data: object, encoded: object) -> str:
+    if (data is None) == (encoded is None):
+        raise InvalidArgumentError("pass exactly one of data (bytes or array) or base64 (str)")
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise InvalidArgumentTypeError("base64 must be a str")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgumentError("base64 is not a valid base64 string") from None
+        if not raw:
+            raise AudioFormatError("audio must not be empty")
+        return encoded
+    if audio.is_array(data):
+        raw = audio.chunk_to_pcm(data)
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        if not raw.startswith(b"RIFF") and len(raw) % audio.BYTES_PER_SAMPLE:
+            raise AudioFormatError(f"16-bit PCM needs an even number of bytes, got {len(raw)}")
+    else:
+        raise InvalidArgumentTypeError(
+            f"audio data must be bytes or a NumPy array, got {type(data).__name__}"
+        )
+    if not raw:
+        raise AudioFormatError("audio must not be empty")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _raise_refusal(message_id: str, error: Any) -> None:
+    """Raise the client's typed error for a host's outcome *error*."""
+    kind = error.get("type") if isinstance(error, Mapping) else None
+    detail = str(error.get("detail", "")) if isinstance(error, Mapping) else str(error)
+    if kind == "ack":
+        raise AckError(
+            f"the server refused {message_id}: {error.get('error')!r}",
+            message_id=message_id,
+            error=error.get("error"),
+        )
+    if kind == "cancelled":
+        raise MessageCancelledError(
+            f"{message_id} was cut from the outbox unsent by interrupt()", message_id=message_id
+        )
+    if kind == "start":
+        raise SessionStartError(
+            f"the server refused to start the session: {error.get('error')!r}",
+            error=error.get("error"),
+        )
+    if kind == "not_started":
+        raise SessionNotStartedError(f"{message_id}: {detail}")
+    if kind == "invalid":
+        raise InvalidArgumentError(f"{message_id}: {detail}")
+    if kind == "unknown":
+        raise UnknownMessageError(detail, message_id=message_id)
+    raise AckError(
+        f"the host could not deliver {message_id}: {detail}", message_id=message_id, error=error
+    )
+
+
+def _report(extra: Any, message_id: str) -> InterruptReport:
+    data = (extra or {}).get("report") if isinstance(extra, Mapping) else None
+    if not isinstance(data, Mapping):
+        return InterruptReport()
+    result = data.get("result")
+    typed = from_envelope(result) if isinstance(result, Mapping) else None
+    return InterruptReport(
+        cancelled=tuple(data.get("cancelled", ())),
+        cancelled_audio=tuple(data.get("cancelled_audio", ())),
+        cancelled_text=tuple(data.get("cancelled_text", ())),
+        audio_seconds=float(data.get("audio_seconds", 0.0)),
+        streams_stopped=int(data.get("streams_stopped", 0)),
+        service_told=bool(data.get("service_told", False)),
+        via=data.get("via"),
+        message_id=data.get("message_id") or message_id,
+        result=typed if isinstance(typed, InterruptResult) else None,
+    )
