@@ -55,6 +55,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -181,6 +182,9 @@ class _Lane:
     last_used: float = attrs.field(factory=time.monotonic)
     valid_until: float = 0.0  # monotonic: the lease is ours until then (half its ttl)
     lost: bool = False  # another host holds the lease now
+    # What the service sent while the lease was not confirmed (a stalled host): published
+    # once a renewal confirms it, dropped if the lease was lost (the new owner publishes).
+    held: deque[dict[str, str]] = attrs.field(factory=lambda: deque(maxlen=1024))
     reading: bool = False  # the reader reads its command stream
     thread: threading.Thread | None = None
 
@@ -433,11 +437,17 @@ class SessionHost:
         )
         for lane, ok in zip(lanes, held or [], strict=False):
             if ok:
-                lane.valid_until = began + self.lease_ttl / 2
+                with lane.lock:
+                    lane.valid_until = began + self.lease_ttl / 2
+                    waiting = list(lane.held)
+                    lane.held.clear()
+                for fields in waiting:
+                    self._publish(lane, fields)
             else:
                 logger.warning("host %s: lost the lease of %s", self.host_id, lane.session_id)
-                lane.lost = True
                 with lane.cond:
+                    lane.lost = True
+                    lane.held.clear()  # the new owner's client gets and publishes them
                     lane.cond.notify_all()
 
     def _claim_idle(self) -> None:
@@ -852,6 +862,13 @@ class SessionHost:
                 ended = lane.sentences.pop(message.sentence_id, "")
                 if ended:
                     fields.update(a=ended, p="x")
+            if lane.lost:
+                return  # another host owns the session: it publishes what the service sends
+            if lane.valid_until <= now:
+                # Not confirmed ours (this host stalled?): hold it until the next renewal
+                # says whether we still own the session, so a zombie never duplicates.
+                lane.held.append(fields)
+                return
         self._publish(lane, fields)
 
     def _publish(self, lane: _Lane, fields: dict[str, str]) -> None:
@@ -972,7 +989,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host.start()
-    sys.stdout.write(f"avatar-im host {host.host_id}: serving {args.redis}\n")
+    shown = urlsplit(args.redis)._replace(
+        netloc=urlsplit(args.redis).netloc.rpartition("@")[2]  # no credentials on the screen
+    )
+    sys.stdout.write(f"avatar-im host {host.host_id}: serving {urlunsplit(shown)}\n")
     sys.stdout.flush()
     try:
         while not stop.wait(1.0):
