@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
@@ -822,7 +822,9 @@ def _add_parser(
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="server URL (default: an embedded reference server)")
+    parser.add_argument(
+        "--url", type=_ws_url, help="server URL (default: an embedded reference server)"
+    )
     parser.add_argument("--token", type=_text, default="dev-token", help="access token")
     parser.add_argument("--app-id", type=_text, default="demo-app", help="app id")
     parser.add_argument("--tenant-id", type=_text, default="demo-tenant", help="tenant id")
@@ -834,9 +836,23 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     _add_verbose(parser, "verbose_command")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (sub-commands use it too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ws_url(text: str) -> str:
+    """An argparse type: a ws:// or wss:// URL."""
+    if not text.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"must be a ws:// or wss:// URL, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``avatar-im``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="avatar-im",
         description="Talk to a cloud avatar over its IM WebSocket channel.",
         formatter_class=_HelpFormatter,

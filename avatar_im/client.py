@@ -489,7 +489,10 @@ class AvatarIM:
             if connection.protocol.connected:
                 return
         self._raise_if_closed()
-        raise ConnectTimeout(f"not connected after {timeout}s")
+        last = connection.last_error
+        raise ConnectTimeout(
+            f"not connected after {timeout}s" + (f": {last}" if last is not None else "")
+        ) from last
 
     def close(self) -> None:
         """Close the connection; returns within about a second and leaves no thread running.

@@ -186,6 +186,8 @@ class Connection:
         # Guarded by _lock:
         self.state = ConnectionState.CLOSED
         self.failure: ConnectionFailedError | ForkedClientError | None = None
+        #: Why the last connection attempt failed (while retrying), else None.
+        self.last_error: ConnectionFailedError | None = None
         self.reconnects = 0
         self.generation = 0
         self._transport: Transport | None = None
@@ -545,6 +547,7 @@ class Connection:
                         self._fail(generation, exc)
                         return
                     logger.info("connect to %s failed: %s", redact_url(self._url), exc)
+                    self.last_error = exc  # for ConnectTimeout's cause (one attribute write)
                     if not self._backoff(generation, wakeup, attempt, exc):
                         return
                     attempt += 1
@@ -560,6 +563,7 @@ class Connection:
                     traffic = counters.acks_received + counters.messages_received
                     opened_at = time.monotonic()
                     self._set_state(ConnectionState.OPEN)
+                    self.last_error = None
                     self._changed.notify_all()
                 self._report()
                 logger.info("connected to %s", redact_url(self._url))

@@ -44,6 +44,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -931,6 +932,28 @@ def _report_dict(report: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------- command
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (at most a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be seconds, 0 < s <= 86400, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``avatar-im host``'s options to *parser*."""
     env = os.environ
@@ -942,8 +965,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token",
-        default=env.get("AVATAR_IM_TOKEN", "dev-token"),
-        help="IM token (AVATAR_IM_TOKEN)",
+        default=None,
+        help="IM token (default: AVATAR_IM_TOKEN from the environment, else dev-token)",
     )
     parser.add_argument(
         "--app-id",
@@ -955,10 +978,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=env.get("AVATAR_IM_TENANT_ID", "demo-tenant"),
         help="tenant id (AVATAR_IM_TENANT_ID)",
     )
-    parser.add_argument("--max-sessions", type=int, default=100, help="sessions held at most")
-    parser.add_argument("--lease-ttl", type=float, default=10.0, help="seconds a lease lasts")
-    parser.add_argument("--idle-timeout", type=float, default=600.0, help="idle session stop (s)")
-    parser.add_argument("--events-maxlen", type=int, default=10_000, help="event stream cap")
+    parser.add_argument("--max-sessions", type=_count, default=100, help="sessions held at most")
+    parser.add_argument("--lease-ttl", type=_seconds, default=10.0, help="seconds a lease lasts")
+    parser.add_argument(
+        "--idle-timeout", type=_seconds, default=600.0, help="idle session stop (s)"
+    )
+    parser.add_argument("--events-maxlen", type=_count, default=10_000, help="event stream cap")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the Redis keys' prefix")
     parser.add_argument("--host-id", help="this host's consumer name (default: host-pid-random)")
 
@@ -971,7 +996,7 @@ def run(args: argparse.Namespace) -> int:
     host = SessionHost(
         args.redis,
         url=args.url,
-        token=args.token,
+        token=args.token or os.environ.get("AVATAR_IM_TOKEN") or "dev-token",
         app_id=args.app_id,
         tenant_id=args.tenant_id,
         max_sessions=args.max_sessions,

@@ -213,8 +213,16 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> Any:
 
 
 def redis_down_errors() -> tuple[type[BaseException], ...]:
-    """The ``redis`` exceptions that mean "Redis is unreachable now" (retried)."""
-    import redis
+    """The ``redis`` exceptions that mean "Redis is unreachable now" (retried).
+
+    Raises :class:`ImportError` naming the ``relay`` extra when ``redis`` is missing.
+    """
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "avatar_im.relay needs the 'relay' extra: pip install 'avatar-im[relay]'"
+        ) from exc
 
     return (redis.ConnectionError, redis.TimeoutError)
 

@@ -7,6 +7,7 @@ traceback only with -v.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,8 +24,8 @@ from avatar_im.server import Credentials, ReferenceServer
 RUN_TIMEOUT = 6 * TIMEOUT
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m avatar_im ARGS``; return the finished process."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m avatar_im ARGS`` (with *env* added); return the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "avatar_im", *args],
         stdin=subprocess.DEVNULL,
@@ -32,6 +33,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=RUN_TIMEOUT,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -143,10 +145,10 @@ def test_serve_port_out_of_range_is_a_usage_error() -> None:
     """serve --port 65536 exits 2 with argparse's line, not a traceback from bind()."""
     result = run_cli("serve", "--port", "65536")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (
+    assert result.stderr.splitlines() == [
         "avatar-im serve: error: argument --port: must be a port number from 0 to 65535 "
-        "(0: any free port), got '65536'"
-    )
+        "(0: any free port), got '65536' (see avatar-im serve --help)"
+    ]  # one line: no usage block before it
     assert "Traceback" not in result.stderr
 
 
@@ -208,3 +210,21 @@ def test_send_audio_of_a_directory_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("avatar-im: error: ")
+
+
+def test_a_url_that_is_not_websocket_is_a_usage_error_naming_the_flag() -> None:
+    """demo --url http://... exits 2 naming --url, before connecting."""
+    result = run_cli("demo", "--url", "http://127.0.0.1:1/ws")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "avatar-im demo: error: argument --url: must be a ws:// or wss:// URL, got "
+        "'http://127.0.0.1:1/ws' (see avatar-im demo --help)"
+    ]
+
+
+def test_host_numbers_are_usage_errors_and_help_shows_no_secret() -> None:
+    """host --lease-ttl 0 exits 2 naming the flag; --help never prints the token."""
+    result = run_cli("host", "--redis", "redis://127.0.0.1:1", "--lease-ttl", "0")
+    assert result.returncode == 2 and "argument --lease-ttl" in result.stderr
+    result = run_cli("host", "--help", env={"AVATAR_IM_TOKEN": "sekrit-token-123"})
+    assert result.returncode == 0 and "sekrit-token-123" not in result.stdout

@@ -700,3 +700,30 @@ def test_oversized_raw_message_frame_is_refused_at_the_call() -> None:
                 print("reconnects:", client.stats.reconnects)
         finally:
             client.close()
+
+
+def test_connect_timeout_says_why_the_connects_failed() -> None:
+    """ConnectTimeout carries the last connect error: the message and __cause__ name it."""
+    port = _free_port()
+    client = AvatarIM(
+        token="t",
+        app_id="a",
+        tenant_id="b",
+        session_id="s",
+        url=f"ws://127.0.0.1:{port}/ws",
+        reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+    )
+    try:
+        with pytest.raises(ConnectTimeout, match="ConnectionRefusedError") as info:
+            client.wait_connected(0.5)
+        assert info.value.__cause__ is not None
+    finally:
+        client.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -508,7 +508,10 @@ class ReferenceServer:
         if self._phase == "new":
             self.start()
         try:
-            self._stopped.wait()
+            # A wait with a timeout: a signal that lands just before an untimed wait
+            # blocks would only be handled once the wait returned (a missed SIGTERM).
+            while not self._stopped.wait(0.25):
+                pass
         finally:
             self.stop()
 
