@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import os
 import ssl
 import threading
@@ -26,6 +25,7 @@ import attrs
 from . import audio, forks
 from .audio import AudioSource, AudioStream
 from .backoff import ReconnectPolicy
+from .checks import require_callable, require_str, require_text, require_timeout
 from .connection import Connection, ConnectionState
 from .dial import parse_proxy
 from .dispatch import Dispatcher
@@ -148,35 +148,6 @@ class ClientStats:
     callback_errors: int
     callbacks_dropped: int
     messages_cancelled: int = 0  #: cut unwritten from the outbox by interrupt()
-
-
-def _require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgumentTypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not value and not empty_ok:
-        raise InvalidArgumentError(f"{name} must not be empty")
-    return value
-
-
-def _require_timeout(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentTypeError(
-            f"{name} must be a number or None, got {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value > threading.TIMEOUT_MAX:
-        raise InvalidArgumentError(
-            f"{name} must be a finite number of seconds (or None for no limit), got {value!r}"
-        )
-    if value < 0:
-        raise InvalidArgumentError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
-def _require_callable(name: str, value: object) -> None:
-    if value is not None and not callable(value):
-        raise InvalidArgumentTypeError(f"{name} must be callable or None")
 
 
 class AvatarIM:
@@ -338,31 +309,31 @@ class AvatarIM:
         ack_policy: AckPolicy | None = None,
         interrupt_via: InterruptVia | None = None,
     ) -> None:
-        _require_callable("token_provider", token_provider)
+        require_callable("token_provider", token_provider)
         if ack_policy is not None and not isinstance(ack_policy, AckPolicy):
             raise InvalidArgumentTypeError("ack_policy must be an AckPolicy or None")
         interrupt_via = _check_interrupt_via(interrupt_via)
         if token is None and token_provider is None:
             raise InvalidArgumentError("pass token=..., or token_provider=... to fetch one")
         if token is not None:
-            _require_str("token", token)
+            require_str("token", token)
         for name, value in (("app_id", app_id), ("tenant_id", tenant_id)):
-            _require_str(name, value)
-        _require_str("session_id", session_id)
-        _require_str("url", url)
+            require_str(name, value)
+        require_str("session_id", session_id)
+        require_str("url", url)
         for name, cb in (
             ("on_message", on_message),
             ("on_event", on_event),
             ("on_ack_error", on_ack_error),
             ("on_state", on_state),
         ):
-            _require_callable(name, cb)
-        heartbeat_interval = _require_timeout("heartbeat_interval", heartbeat_interval)
+            require_callable(name, cb)
+        heartbeat_interval = require_timeout("heartbeat_interval", heartbeat_interval)
         if heartbeat_interval is not None and heartbeat_interval < MIN_HEARTBEAT:
             raise InvalidArgumentError(
                 f"heartbeat_interval must be at least {MIN_HEARTBEAT}s, or None to turn it off"
             )
-        connect_timeout_s = _require_timeout("connect_timeout", connect_timeout)
+        connect_timeout_s = require_timeout("connect_timeout", connect_timeout)
         if not connect_timeout_s:
             raise InvalidArgumentError("connect_timeout must be > 0")
         if reconnect is not None and not isinstance(reconnect, ReconnectPolicy):
@@ -379,7 +350,7 @@ class AvatarIM:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {number}")
         if id_factory is not None and not callable(getattr(id_factory, "new", None)):
             raise InvalidArgumentTypeError("id_factory must have a new(now_ms) method")
-        self._send_timeout = _require_timeout("send_timeout", send_timeout)
+        self._send_timeout = require_timeout("send_timeout", send_timeout)
         if max_message_size is not None and (
             isinstance(max_message_size, bool)
             or not isinstance(max_message_size, int)
@@ -470,7 +441,7 @@ class AvatarIM:
 
         A no-op on a client that is already connecting or open.
         """
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         # Atomic: of two connect() calls at once, one starts the connection; a connect()
         # on a live client changes nothing (it never resets a session or an outbox).
         if self._connection.start(prepare=lambda p: p.reopen()):
@@ -481,7 +452,7 @@ class AvatarIM:
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the connection is open; raise why it cannot be, or a timeout."""
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         self._not_on_reader("wait_connected")
         connection = self._connection
         connection.wait_for(lambda p: p.connected, timeout)
@@ -625,7 +596,7 @@ class AvatarIM:
         :class:`SessionStartError` if the server refused the start, and
         :class:`SessionNotStartedError` if no session is starting.
         """
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         self._not_on_reader("wait_session_ready")
         connection = self._connection
         connection.wait_for(lambda p: p.session_state is not SessionState.STARTING, timeout)
@@ -683,7 +654,7 @@ class AvatarIM:
 
     def wait_until_quiet(self, timeout: float | None = None) -> None:
         """Wait until the avatar is not speaking; raise :class:`SpeakingTimeout` after *timeout*."""
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         self._not_on_reader("wait_until_quiet")
         self._raise_if_closed()
         quiet = self._inbox.wait_quiet(timeout)
@@ -708,8 +679,8 @@ class AvatarIM:
         :class:`AskTimeout` (a :class:`ReceiveTimeout`) after it; the text was
         sent all the same, and a reply that comes late goes to :meth:`receive`.
         """
-        _require_str("text", text)
-        timeout = _require_timeout("timeout", timeout)
+        require_str("text", text)
+        timeout = require_timeout("timeout", timeout)
         if not isinstance(wait_spoken, bool):
             raise InvalidArgumentTypeError("wait_spoken must be a bool")
         self._not_on_reader("ask")
@@ -797,7 +768,7 @@ class AvatarIM:
         Returns the :class:`InterruptReport`; raises :class:`InterruptTimeout`
         (carrying the report) when the service did not confirm in *timeout*.
         """
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         for name, flag in (("include_text", include_text), ("stop_streams", stop_streams)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentTypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -866,11 +837,7 @@ class AvatarIM:
 
     def send_text(self, text: str) -> str:
         """Send *text* to the avatar; returns the message id."""
-        _require_str("text", text)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
+        require_text(text)
         content = {"type": "dataSend", "sessionId": self.session_id, "text": text}
         return self._submit_message(content, session=True, kind="text")
 
@@ -931,7 +898,7 @@ class AvatarIM:
         for name, flag in (("realtime", realtime), ("background", background)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentTypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        _require_callable("on_progress", on_progress)
+        require_callable("on_progress", on_progress)
         connection = self._connection
         options = connection.locked(lambda p: p.session_options) or SessionOptions()
         rate = options.sample_rate
@@ -1022,7 +989,7 @@ class AvatarIM:
 
     def send(self, frame: str) -> str | None:
         """Send a raw frame string as it is; returns its ``messageId`` if it is a ``5`` frame."""
-        _require_str("frame", frame)
+        require_str("frame", frame)
         return self._submit(lambda p: p.send_raw(frame, self._max_message_size))
 
     def _audio_base64(self, data: object, encoded: object) -> tuple[str, int]:
@@ -1030,7 +997,7 @@ class AvatarIM:
         if (data is None) == (encoded is None):
             raise InvalidArgumentError("pass exactly one of data (bytes or array) or base64 (str)")
         if encoded is not None:
-            _require_str("base64", encoded)
+            require_str("base64", encoded)
             assert isinstance(encoded, str)
             try:
                 raw = base64.b64decode(encoded, validate=True)
@@ -1129,8 +1096,8 @@ class AvatarIM:
         whose outcome it no longer remembers: the last
         ``max(4096, max_outbox)`` outcomes are kept).
         """
-        _require_str("message_id", message_id)
-        timeout = _require_timeout("timeout", timeout)
+        require_str("message_id", message_id)
+        timeout = require_timeout("timeout", timeout)
         self._not_on_reader("wait_ack")
         connection = self._connection
         connection.wait_for(lambda p: not p.is_pending(message_id), timeout)
@@ -1171,7 +1138,7 @@ class AvatarIM:
         client closed (:class:`ClientClosedError`, or the connection's error)
         when it is closed, or closes during the wait, with messages discarded.
         """
-        timeout = _require_timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         self._not_on_reader("flush")
         connection = self._connection
         self._raise_if_closed()
@@ -1247,7 +1214,7 @@ class AvatarIM:
         silently.  ``for message in client.messages(idle_timeout=10)`` is the
         bounded loop the docs use.
         """
-        idle_timeout = _require_timeout("idle_timeout", idle_timeout)
+        idle_timeout = require_timeout("idle_timeout", idle_timeout)
         wanted = None if family is None else family_names(family)
         while True:
             try:
@@ -1266,8 +1233,8 @@ class AvatarIM:
         family: str | Iterable[str] | None,
         match: Matcher | None,
     ) -> Message:
-        timeout = _require_timeout("timeout", timeout)
-        _require_callable("match", match)
+        timeout = require_timeout("timeout", timeout)
+        require_callable("match", match)
         wanted = None if family is None else family_names(family)
         if wanted is not None and "event" in wanted:
             raise InvalidArgumentError("events are not business messages: use receive_event()")
@@ -1316,14 +1283,14 @@ class AvatarIM:
                 return self.on(names, fn)
 
             return register
-        _require_callable("callback", callback)
+        require_callable("callback", callback)
         self._listeners.add(names, callback)
         return callback
 
     def off(self, family: str | Iterable[str], callback: Callable[[Message], object]) -> bool:
         """Stop calling *callback* for *family*; return whether it was registered."""
         names = family_names(family)
-        _require_callable("callback", callback)
+        require_callable("callback", callback)
         return self._listeners.remove(names, callback)
 
     # ----------------------------------------------------------- the reader
@@ -1415,7 +1382,7 @@ def _transport_options(
     if sslopt:
         options["sslopt"] = sslopt
     if proxy is not None:
-        _require_str("proxy", proxy)
+        require_str("proxy", proxy)
         assert isinstance(proxy, str)
         options["proxy"] = parse_proxy(proxy)  # InvalidArgumentError naming the schemes
     # Without proxy=..., the environment's http(s)_proxy / all_proxy / no_proxy apply.

@@ -44,7 +44,6 @@ import binascii
 import collections
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -53,6 +52,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import audio
+from .checks import require_text, require_timeout
 from .client import InterruptReport
 from .exceptions import (
     AckError,
@@ -244,16 +244,6 @@ def check_session_id(session_id: object) -> str:
     return session_id
 
 
-def _timeout(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentTypeError(f"{name} must be a number or None")
-    if not math.isfinite(value) or value < 0 or value > threading.TIMEOUT_MAX:
-        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0")
-    return float(value)
-
-
 # The relay's side of a command: check the backlog, make sure a new session is announced to
 # the hosts (one control entry per session), append the command.  Atomic, so two workers
 # starting one session at once announce it once.  Returns {status, entry id or backlog,
@@ -349,10 +339,10 @@ class RelayClient:
         self._url = redis_url
         self._keys = Keys(prefix)
         self._max_outbox = max_outbox
-        self._send_timeout = _timeout("send_timeout", send_timeout)
-        self._retry = _timeout("redis_retry", redis_retry) or 0.0
-        self._slack = _timeout("result_slack", result_slack) or 0.0
-        idle = _timeout("idle_timeout", idle_timeout)
+        self._send_timeout = require_timeout("send_timeout", send_timeout)
+        self._retry = require_timeout("redis_retry", redis_retry) or 0.0
+        self._slack = require_timeout("result_slack", result_slack) or 0.0
+        idle = require_timeout("idle_timeout", idle_timeout)
         self._expire = max(60, int(idle or 3600) * 2)
         self._require_host = bool(require_host)
         self._receive_buffer = receive_buffer
@@ -531,7 +521,7 @@ class RelayClient:
         when the service refused, :class:`SessionNotStartedError` before any
         :meth:`start_session` of this handle.
         """
-        timeout = _timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         start_id = self._start_id
         if start_id is None:
             raise SessionNotStartedError("call start_session() first (on this handle)")
@@ -565,7 +555,7 @@ class RelayClient:
 
     def send_text(self, text: str, *, message_id: str | None = None) -> str:
         """Send *text*; returns the message id (pass *message_id* to send one again)."""
-        _require_text(text)
+        require_text(text)
         return self._enqueue("text", {"text": text}, message_id=message_id)
 
     def send_audio(
@@ -588,8 +578,8 @@ class RelayClient:
         Raises :class:`AskTimeout` (with the text's ``message_id``) after
         *timeout*, :class:`AckError` when the service refused the text.
         """
-        _require_text(text)
-        timeout = _timeout("timeout", timeout)
+        require_text(text)
+        timeout = require_timeout("timeout", timeout)
         if not isinstance(wait_spoken, bool):
             raise InvalidArgumentTypeError("wait_spoken must be a bool")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -636,7 +626,7 @@ class RelayClient:
         *timeout*, and also when the host did not answer within *timeout*
         plus *result_slack* (the report then says nothing was told).
         """
-        timeout = _timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         for name, flag in (("include_text", include_text), ("stop_streams", stop_streams)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentTypeError(f"{name} must be a bool")
@@ -673,7 +663,7 @@ class RelayClient:
         """
         if not isinstance(message_id, str) or not message_id:
             raise InvalidArgumentError("message_id must be a non-empty str")
-        timeout = _timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         self._outcome(message_id, timeout)
 
     def _outcome(
@@ -709,7 +699,7 @@ class RelayClient:
         in this handle).  What :meth:`ask` returned is not returned here.
         Raises :class:`ReceiveTimeout` after *timeout*.
         """
-        timeout = _timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         wanted = None if family is None else family_names(family)
         if wanted is not None and "event" in wanted:
             raise InvalidArgumentError("events are not business messages: use receive_event()")
@@ -750,7 +740,7 @@ class RelayClient:
 
     def receive_event(self, timeout: float | None = None) -> ServerEvent:
         """Return the next event (packet ``7``) of the session, waiting if needed."""
-        timeout = _timeout("timeout", timeout)
+        timeout = require_timeout("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._pos is None:
@@ -867,17 +857,6 @@ def _remember(table: collections.OrderedDict[str, T], key: str, value: T) -> Non
     table.move_to_end(key)
     while len(table) > MEMORY:
         table.popitem(last=False)
-
-
-def _require_text(text: object) -> None:
-    if not isinstance(text, str):
-        raise InvalidArgumentTypeError(f"text must be a str, got {type(text).__name__}")
-    if not text:
-        raise InvalidArgumentError("text must not be empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from None
 
 
 def _audio_base64(data: object, encoded: object) -> str:
