@@ -187,7 +187,6 @@ class Inbox:
         self._seq = 0
         self.dropped = 0  # buffered values dropped because the buffer was full
         self._speaking: str | None = None  # the sentence id being spoken ("" if none given)
-        self._speaking_since = 0.0
         # Answers still owed to claims that gave up (an ask or interrupt that timed out), by
         # family: the deadline until which the next answer of that family is theirs, not
         # the next claim's; it then goes to the buffer.  Bounded by MAX_OWED per family.
@@ -265,7 +264,6 @@ class Inbox:
         family = message.family
         if isinstance(message, BroadcastStart):
             self._speaking = message.sentence_id or ""
-            self._speaking_since = time.monotonic()
         elif isinstance(message, BroadcastEnd):
             # An end without an id, or of a start without one, ends whatever is spoken.
             if (
@@ -362,14 +360,6 @@ class Inbox:
             if isinstance(claim, AskClaim):
                 claim.abandoned = True
             if claim in self._claims:
-                self._claims.remove(claim)
-
-    def close_claim(self, claim: Claim) -> None:
-        """Stop *claim* from taking more (an ask or interrupt that gave up or got all)."""
-        with self._lock:
-            if isinstance(claim, AskClaim):
-                claim.abandoned = claim.taken is None
-            if claim in self._claims and (claim.finished or claim.taken is None):
                 self._claims.remove(claim)
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
