@@ -692,34 +692,9 @@ _REPORTED_BY_CLI = frozenset(
 )
 
 
-class _ConnectFailures(logging.Handler):
-    """Keeps the last reason a connection attempt failed (the client retries, logging each).
-
-    The client has no public "last error": ``wait_connected`` raises a bare
-    ConnectTimeout while the reader thread logs each failed attempt at INFO on
-    ``avatar_im.connection`` (``"connect to %s failed: %s"``, the error as the
-    last argument).  This handler takes the error from that record.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.last: ConnectionFailedError | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not (isinstance(record.msg, str) and record.msg.startswith("connect to ")):
-            return
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if isinstance(arg, ConnectionFailedError):
-                self.last = arg
-
-
 @contextmanager
-def _logging(verbosity: int) -> Iterator[_ConnectFailures]:
-    """Log to stderr for the command's run (WARNING; -v INFO; -vv DEBUG); undone on exit.
-
-    Yields the handler that remembers why connection attempts failed.
-    """
+def _logging(verbosity: int) -> Iterator[None]:
+    """Log to stderr for the command's run (WARNING; -v INFO; -vv DEBUG); undone on exit."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
@@ -727,21 +702,14 @@ def _logging(verbosity: int) -> Iterator[_ConnectFailures]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if verbosity == 0:
         handler.addFilter(lambda record: (record.name, record.msg) not in _REPORTED_BY_CLI)
-    failures = _ConnectFailures()
-    connection_logger = logging.getLogger("avatar_im.connection")
-    saved = root.level, connection_logger.level
+    saved = root.level
     root.addHandler(handler)
     root.setLevel(level)
-    if not connection_logger.isEnabledFor(logging.INFO):  # the failed attempts are at INFO
-        connection_logger.setLevel(logging.INFO)
-    connection_logger.addHandler(failures)
     try:
-        yield failures
+        yield
     finally:
-        connection_logger.removeHandler(failures)
         root.removeHandler(handler)
-        root.setLevel(saved[0])
-        connection_logger.setLevel(saved[1])
+        root.setLevel(saved)
 
 
 # The transport names the socket error of a failed connect by its type: say it in words.
@@ -765,12 +733,13 @@ def _connect_cause(error: ConnectionFailedError) -> str:
     return text
 
 
-def _error_line(exc: BaseException, failures: _ConnectFailures) -> str:
-    """The one line that reports *exc*: its message, with the last cause for a timeout."""
+def _error_line(exc: BaseException) -> str:
+    """The one line that reports *exc*: its message, a timeout's cause said in words."""
     if isinstance(exc, AvatarIMError):
         text = str(exc)
-        if isinstance(exc, ConnectTimeout) and failures.last is not None:
-            text = f"{text}: {_connect_cause(failures.last)}"
+        cause = exc.__cause__
+        if isinstance(exc, ConnectTimeout) and isinstance(cause, ConnectionFailedError):
+            text = text.replace(str(cause), _connect_cause(cause))
     elif isinstance(exc, OSError):
         text = str(exc) or type(exc).__name__
     else:
@@ -991,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbosity = _verbosity(args)
     # -vv: DEBUG everywhere, so avatar_im.transport logs every frame sent and received.
-    with _logging(verbosity) as failures:
+    with _logging(verbosity):
         try:
             return int(args.func(args))
         except KeyboardInterrupt:
@@ -1000,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # one line; the traceback only with -v
             if verbosity:
                 traceback.print_exc()
-            print(_error_line(exc, failures), file=sys.stderr, flush=True)
+            print(_error_line(exc), file=sys.stderr, flush=True)
             return 1
 
 
