@@ -1,4 +1,9 @@
-"""The Flask example under gunicorn: several pre-forked workers share one reference server."""
+"""The Flask example under gunicorn: several pre-forked workers, each request its own reply.
+
+Without a relay each worker holds its own avatars (one reference server behind them all);
+with ``AVATAR_IM_REDIS`` the workers reach the visitors' sessions through Redis and two
+session hosts, so a visitor keeps one avatar whichever worker serves it.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ from typing import Any
 
 import pytest
 from conftest import TIMEOUT
+from redis_peer import RedisProcess, avatar_server, hosts, needs_redis, redis_server
 
 from avatar_im.server import ReferenceServer
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install 'gunicorn>=21')")
 pytest.importorskip("flask", reason="flask is not installed (pip install -e '.[examples]')")
+
+__all__ = ["avatar_server", "redis_server"]  # fixtures, used by name
 
 ROOT = Path(__file__).resolve().parents[1]
 #: How many requests each run sends, and from how many threads at once (as many as the
@@ -36,13 +44,23 @@ VISITORS = 20
 REQUEST_TIMEOUT = 15.0
 WORKERS = 4
 
-#: A gunicorn config file whose hook writes one byte to the test's pipe per worker that is up.
+#: A gunicorn config file whose hooks write one byte to the test's pipe per worker that is
+#: up, and one line per request (the test's visitor header, the worker's pid) to a file.
 READY_HOOK = """\
 import os
 
 
 def post_worker_init(worker):
     os.write(int(os.environ["AVATAR_IM_TEST_READY_FD"]), b"+")
+
+
+def post_request(worker, req, environ, resp):
+    line = f"{environ.get('HTTP_X_TEST_VISITOR', '-')} {os.getpid()}\\n".encode()
+    fd = os.open(os.environ["AVATAR_IM_TEST_SERVED"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 """
 
 
@@ -59,12 +77,14 @@ def wait_workers_up(ready_fd: int, count: int, timeout: float) -> None:
         seen += chunk
 
 
-def post_say(port: int, text: str, opener: urllib.request.OpenerDirector) -> tuple[int, Any]:
+def post_say(
+    port: int, text: str, opener: urllib.request.OpenerDirector, visitor: int = -1
+) -> tuple[int, Any]:
     """POST {"text": text} to /api/say with *opener*'s cookies; return status and JSON body."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/say",
         data=json.dumps({"text": text}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "X-Test-Visitor": str(visitor)},
         method="POST",
     )
     try:
@@ -117,24 +137,45 @@ def gunicorn_command(config: Path, listener: socket.socket, preload: bool) -> li
     ]
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
-def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: Path) -> None:
-    """Under 4 gunicorn workers, with or without --preload, each request gets its own reply."""
+class Served:
+    """What a run of the visitors got: each request's (status, body), and who served it."""
+
+    def __init__(self, results: list[tuple[int, Any]], served: list[tuple[int, int]], log: str):
+        self.results = results
+        self.served = served  #: (visitor, worker pid), one per request
+        self.log = log
+
+    def failures(self, texts: list[str]) -> list[tuple[str, int, Any]]:
+        """The requests that did not get the reply to their own text."""
+        return [
+            (text, status, body)
+            for text, (status, body) in zip(texts, self.results, strict=True)
+            if status != 200 or body.get("reply") != f"You said: {text}"
+        ]
+
+
+def serve_and_visit(
+    tmp_path: Path, texts: list[str], env_extra: dict[str, str], preload: bool
+) -> Served:
+    """Serve the Flask example with gunicorn; send *texts* from VISITORS browsers in turn.
+
+    Visitor ``v`` sends ``texts[v::VISITORS]`` one after another with its own cookie jar,
+    all visitors at once.  Returns the results in the order of *texts*.
+    """
     config = tmp_path / "gunicorn_conf.py"
     config.write_text(READY_HOOK)
     log_path = tmp_path / "gunicorn.log"
-    texts = [f"hello {n}" for n in range(REQUESTS)]
+    served_path = tmp_path / "served.txt"
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(ReferenceServer(host="127.0.0.1", port=0))
         listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         log = stack.enter_context(log_path.open("wb"))
         ready_read, ready_write = os.pipe()
         stack.callback(os.close, ready_read)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_IM_")}
-        env["AVATAR_IM_URL"] = server.url
+        env.update(env_extra)
         env["FLASK_SECRET_KEY"] = "gunicorn-test-key"  # one key, so every worker reads the cookie
         env["AVATAR_IM_TEST_READY_FD"] = str(ready_write)
+        env["AVATAR_IM_TEST_SERVED"] = str(served_path)
         try:
             process = subprocess.Popen(
                 gunicorn_command(config, listener, preload),
@@ -156,18 +197,26 @@ def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: P
                 # One browser: its cookie jar, its requests one after another.
                 jar = http.cookiejar.CookieJar()
                 opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-                return [post_say(port, text, opener) for text in texts[visitor::VISITORS]]
+                return [post_say(port, text, opener, visitor) for text in texts[visitor::VISITORS]]
 
             with concurrent.futures.ThreadPoolExecutor(VISITORS) as pool:
                 by_visitor = list(pool.map(visit, range(VISITORS)))
-            results = [by_visitor[n % VISITORS][n // VISITORS] for n in range(REQUESTS)]
-        output = log_path.read_text(errors="replace")
-        failures = [
-            (text, status, body)
-            for text, (status, body) in zip(texts, results, strict=True)
-            if status != 200 or body.get("reply") != f"You said: {text}"
-        ]
-        assert failures == [], f"{len(failures)} of {REQUESTS} failed; gunicorn said:\n{output}"
+            results = [by_visitor[n % VISITORS][n // VISITORS] for n in range(len(texts))]
+    lines = served_path.read_text().split() if served_path.exists() else []
+    served = [(int(v), int(pid)) for v, pid in zip(lines[::2], lines[1::2], strict=True)]
+    return Served(results, served, log_path.read_text(errors="replace"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: Path) -> None:
+    """Under 4 gunicorn workers, with or without --preload, each request gets its own reply."""
+    texts = [f"hello {n}" for n in range(REQUESTS)]
+    with ReferenceServer(host="127.0.0.1", port=0) as server:
+        run = serve_and_visit(tmp_path, texts, {"AVATAR_IM_URL": server.url}, preload)
+        results = run.results
+        failures = run.failures(texts)
+        assert failures == [], f"{len(failures)} of {REQUESTS} failed; gunicorn said:\n{run.log}"
         # Every reply came from the session its own text was sent on (the cloud's replies
         # name no message they answer: the text "You said: <text>" checked above is the
         # proof), and every text got there once.
@@ -187,3 +236,42 @@ def test_every_request_gets_the_reply_to_its_own_text(preload: bool, tmp_path: P
         for session_id in server.session_ids():
             visitors = {int(t.split()[1]) % VISITORS for t in server.session(session_id).texts}
             assert len(visitors) <= 1, f"session {session_id} served several visitors"
+
+
+@pytest.mark.timeout(90)
+@needs_redis
+def test_relay_each_visitor_keeps_one_avatar_across_workers(
+    tmp_path: Path, redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """4 workers with --preload on the relay: 200 requests, 20 browsers, one avatar each.
+
+    A visitor's requests land on several workers; each gets the reply to its own text,
+    from the visitor's one session (held by one of two hosts), which saw the visitor's
+    texts exactly once and in order.
+    """
+    texts = [f"hello {n}" for n in range(REQUESTS)]
+    with hosts(redis_server.url, avatar_server, 2, max_sessions=VISITORS) as made:
+        run = serve_and_visit(tmp_path, texts, {"AVATAR_IM_REDIS": redis_server.url}, True)
+        held = [len(host.sessions) for host in made]
+    failures = run.failures(texts)
+    assert failures == [], f"{len(failures)} of {REQUESTS} failed; gunicorn said:\n{run.log}"
+    workers_of: dict[int, set[int]] = {}
+    for visitor, pid in run.served:
+        workers_of.setdefault(visitor, set()).add(pid)
+    assert sorted(workers_of) == list(range(VISITORS)), run.served
+    assert len({pid for pids in workers_of.values() for pid in pids}) == WORKERS
+    shared = [v for v, pids in workers_of.items() if len(pids) > 1]
+    assert shared, "no visitor was served by two workers: the test proves nothing"
+    # One session per visitor, whichever workers served it: its texts, once, in order.
+    sessions = {body["content"]["sessionId"] for _, body in run.results}
+    assert len(sessions) == VISITORS
+    for visitor in range(VISITORS):
+        mine = [body["content"]["sessionId"] for _, body in run.results[visitor::VISITORS]]
+        assert len(set(mine)) == 1, f"visitor {visitor} talked to {set(mine)}"
+        snapshot = avatar_server.session(mine[0])
+        assert snapshot is not None
+        assert list(snapshot.texts) == texts[visitor::VISITORS]
+    assert avatar_server.stats.connections_total >= VISITORS
+    print(
+        f"{len(shared)} of {VISITORS} visitors served by several workers; sessions per host {held}"
+    )

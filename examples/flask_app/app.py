@@ -12,6 +12,14 @@ Each browser session gets an avatar of its own (:class:`~examples.visitors.Visit
 made on its first message, closed after ten idle minutes, when 100 visitors are
 connected (the one idle longest first), and at exit.  The visitor id travels in
 Flask's signed session cookie; set ``FLASK_SECRET_KEY`` in production.
+
+With ``AVATAR_IM_REDIS`` set, the avatars are held by session hosts
+(``avatar-im host --redis URL``) and reached through the Redis relay
+(:class:`~examples.relay_visitors.RelayVisitors`): a visitor keeps one avatar
+whichever worker or machine serves its request (``docs/many-workers.md``)::
+
+    AVATAR_IM_REDIS=redis://127.0.0.1:6379/0 FLASK_SECRET_KEY=... \
+        gunicorn -w 4 --preload 'examples.flask_app:create_app()'
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from flask.typing import ResponseReturnValue
 
 from avatar_im import AskTimeout, AvatarIMError, InvalidArgumentError
 
+from ..relay_visitors import RelayVisitors
 from ..visitors import VisitorAvatars
 
 __all__ = ["REPLY_TIMEOUT", "create_app"]
@@ -37,14 +46,21 @@ REPLY_TIMEOUT = 10.0
 MAX_TEXT = 2000
 
 
-def create_app(avatars: VisitorAvatars | None = None) -> Flask:
-    """The app; *avatars* defaults to one configured from the environment, closed at exit."""
+def create_app(avatars: VisitorAvatars | RelayVisitors | None = None) -> Flask:
+    """The app; *avatars* defaults to one configured from the environment, closed at exit.
+
+    The default is :class:`RelayVisitors` when ``AVATAR_IM_REDIS`` is set, else
+    :class:`VisitorAvatars`.
+    """
     app = Flask(__name__)
     # A random key per process logs visitors out at restart, and differs between workers:
     # set FLASK_SECRET_KEY for a server with several workers.
     app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
     if avatars is None:
-        avatars = VisitorAvatars.from_env(output_mode="audio")
+        if os.environ.get("AVATAR_IM_REDIS"):
+            avatars = RelayVisitors.from_env(output_mode="audio")
+        else:
+            avatars = VisitorAvatars.from_env(output_mode="audio")
         atexit.register(avatars.close)
     avatar = avatars
     app.extensions["avatar_im"] = avatar
