@@ -10,7 +10,14 @@ import threading
 
 from .exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["require_callable", "require_str", "require_text", "require_timeout"]
+__all__ = [
+    "require_callable",
+    "require_count",
+    "require_seconds",
+    "require_str",
+    "require_text",
+    "require_timeout",
+]
 
 
 def require_str(name: str, value: object, *, empty_ok: bool = False) -> str:
@@ -35,6 +42,26 @@ def require_timeout(name: str, value: object) -> float | None:
     if value < 0:
         raise InvalidArgumentError(f"{name} must be >= 0, got {value!r}")
     return float(value)
+
+
+def require_count(name: str, value: object) -> int:
+    """A whole number >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise InvalidArgumentError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def require_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """A finite number of seconds >= 0 (> 0 with *positive*), not None."""
+    if value is None:
+        raise InvalidArgumentTypeError(f"{name} must be a number of seconds, not None")
+    seconds = require_timeout(name, value)
+    assert seconds is not None
+    if positive and seconds <= 0:
+        raise InvalidArgumentError(f"{name} must be > 0, got {value!r}")
+    return seconds
 
 
 def require_callable(name: str, value: object) -> None:

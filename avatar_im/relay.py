@@ -26,6 +26,10 @@ worker).  What it writes and reads (the names are under a *prefix*,
 * ``<prefix>:s:<session>:ev`` — what the service sent (messages, events) and
   what became of each command (its ack), a stream capped with ``MAXLEN ~``
   that any handle reads from where it left off.
+* ``<prefix>:s:<session>:taken`` and ``:floor`` — which business messages a
+  :meth:`RelayClient.receive` took (a sorted set of entry ids, claimed
+  atomically, each message by one handle), and the entry below which all were
+  taken (where a new handle's first ``receive()`` starts).
 * ``<prefix>:s:<session>:meta`` — the session's options and state;
   ``<prefix>:s:<session>:lease`` — which host holds it; ``<prefix>:ctl`` — one
   entry per hosted session, pending in the ``hosts`` group while it is held.
@@ -44,15 +48,17 @@ import binascii
 import collections
 import json
 import logging
+import math
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 from . import audio
-from .checks import require_text, require_timeout
+from .checks import require_count, require_seconds, require_str, require_text, require_timeout
 from .client import InterruptReport
 from .exceptions import (
     AckError,
@@ -94,6 +100,8 @@ __all__ = [
     "Keys",
     "RelayClient",
     "RelayUnavailableError",
+    "check_redis_url",
+    "close_pools",
     "connect",
 ]
 
@@ -109,10 +117,21 @@ GROUP = "hosts"
 MAX_SESSION_ID = 200
 #: How long a handle retries a Redis call that failed for the connection, by default (s).
 REDIS_RETRY = 5.0
+#: The longest one Redis round trip of a handle may take, by default: the socket timeout
+#: of its connections (s).  A stalled Redis fails a round trip after this long.
+REDIS_TIMEOUT = 1.0
+#: How much longer than its timeout (or its *redis_retry* window) a handle's call may take
+#: when Redis stops answering, with the default *redis_timeout*: the round trip under way
+#: when the time runs out, and 0.25 s for scheduling (s).
+STALL_SLACK = REDIS_TIMEOUT + 0.25
 #: The seconds a handle waits for a host's result beyond the command's own timeout.
 RESULT_SLACK = 5.0
 #: How many outcomes (acks) and answers a handle remembers.
 MEMORY = 4096
+#: How many buffered candidates one claim of :meth:`RelayClient.receive` offers Redis.
+CLAIM_BATCH = 64
+#: The URL schemes a relay's Redis URL may have (redis-py's).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class RelayUnavailableError(ConnectionFailedError):
@@ -137,8 +156,11 @@ class Keys:
     """The Redis key names of the relay, under *prefix*."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise InvalidArgumentError("prefix must be a non-empty str")
+        require_str("prefix", prefix)
+        if len(prefix) > MAX_SESSION_ID or not prefix.isprintable():
+            raise InvalidArgumentError(
+                f"prefix must be 1 to {MAX_SESSION_ID} printable characters, got {prefix!r}"
+            )
         self.prefix = prefix
         self.ctl = f"{prefix}:ctl"  #: one entry per hosted session (the hosts' group)
         self.hosts = f"{prefix}:hosts"  #: sorted set: host id -> heartbeat expiry (ms)
@@ -156,19 +178,25 @@ class Keys:
     def lease(self, session_id: str) -> str:
         return f"{self.prefix}:s:{session_id}:lease"
 
-    def cursor(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:cursor"
+    def taken(self, session_id: str) -> str:
+        """Sorted set: the entries of the event stream a ``receive()`` took, above the floor."""
+        return f"{self.prefix}:s:{session_id}:taken"
+
+    def floor(self, session_id: str) -> str:
+        """The event stream entry up to which every business message was taken."""
+        return f"{self.prefix}:s:{session_id}:floor"
 
 
 # --------------------------------------------------------------- connections
 
 
 class _Pools:
-    """This process's Redis clients, one per URL (typed Any: redis-py's types are loose)."""
+    """This process's Redis clients, one per URL and socket timeout (typed Any: redis-py's
+    types are loose)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clients: dict[tuple[int, str], Any] = {}
+        self.lock = threading.Lock()  # guards clients (made, looked up and closed under it)
+        self.clients: dict[tuple[int, str, float], Any] = {}
 
 
 _pools = _Pools()
@@ -185,19 +213,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pools_after_fork)
 
 
-def connect(url: str, *, socket_timeout: float = 5.0) -> Any:
-    """This process's Redis client for *url* (made on first use, one per process and URL).
-
-    Raises :class:`ImportError` naming the ``relay`` extra when ``redis`` is missing.
-    """
+def import_redis() -> Any:
+    """The ``redis`` package; an :class:`ImportError` naming the ``relay`` extra without it."""
     try:
         import redis
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
-            "avatar_im.relay needs the 'relay' extra: pip install 'avatar-im[relay]'",
+            "avatar_im's relay and host need the 'relay' extra: pip install 'avatar-im[relay]'",
             name=exc.name,
         ) from exc
-    key = (os.getpid(), url)
+    return redis
+
+
+def connect(url: str, *, socket_timeout: float = 5.0) -> Any:
+    """This process's Redis client for *url* (made on first use, one per process, URL and
+    *socket_timeout*, which bounds each of its round trips and its connects).
+
+    Raises :class:`ImportError` naming the ``relay`` extra when ``redis`` is missing.
+    """
+    redis = import_redis()
+    key = (os.getpid(), url, float(socket_timeout))
     with _pools.lock:
         client = _pools.clients.get(key)
         if client is None:
@@ -212,18 +247,67 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> Any:
         return client
 
 
+def close_pools() -> int:
+    """Close this process's Redis connections made by :func:`connect`; return how many pools.
+
+    :meth:`RelayClient.close` leaves the process's pool open for the next handle (handles
+    are cheap, one per request); this closes the pools themselves, for ``atexit`` or
+    between tests.  The next use of any handle connects again.  A call under way in another
+    thread meanwhile sees Redis down once and retries.  A :class:`~avatar_im.host.SessionHost`
+    has a pool of its own, closed by its ``close()``.
+    """
+    pid = os.getpid()
+    with _pools.lock:
+        mine = [key for key in _pools.clients if key[0] == pid]
+        clients = [_pools.clients.pop(key) for key in mine]
+    for client in clients:
+        try:
+            client.close()  # from_url's client owns its pool: this disconnects all of it
+        except Exception as exc:  # pragma: no cover - closing sockets hardly fails
+            logger.debug("closing a Redis pool: %s", exc)
+    return len(clients)
+
+
+def check_redis_url(url: object, name: str = "redis_url") -> str:
+    """Validate a relay Redis URL at the call; return it.
+
+    A str with the scheme ``redis://``, ``rediss://`` (TLS) or ``unix://`` that redis-py
+    can parse: :class:`~avatar_im.InvalidArgumentTypeError` for a non-str,
+    :class:`~avatar_im.InvalidArgumentError` otherwise.  The errors never repeat the URL,
+    which may carry a password.
+    """
+    require_str(name, url)
+    assert isinstance(url, str)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{name} is not a URL: {exc}") from None
+    if parts.scheme.lower() not in REDIS_SCHEMES:
+        got = f"the scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise InvalidArgumentError(
+            f"{name} must start with redis://, rediss:// or unix://, got {got}"
+        )
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # pragma: no cover - depends on the install; connect() says so
+        return url
+    parse: Callable[[str], object] = parse_url  # redis-py's own URL parser, untyped
+    try:
+        parse(url)
+    except ValueError as exc:
+        detail = str(exc)
+        if parts.password and parts.password in detail:  # pragma: no cover - never seen
+            detail = "it does not parse"
+        raise InvalidArgumentError(f"{name} is not a valid Redis URL: {detail}") from None
+    return url
+
+
 def redis_down_errors() -> tuple[type[BaseException], ...]:
     """The ``redis`` exceptions that mean "Redis is unreachable now" (retried).
 
     Raises :class:`ImportError` naming the ``relay`` extra when ``redis`` is missing.
     """
-    try:
-        import redis
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "avatar_im.relay needs the 'relay' extra: pip install 'avatar-im[relay]'"
-        ) from exc
-
+    redis = import_redis()
     return (redis.ConnectionError, redis.TimeoutError)
 
 
@@ -246,8 +330,10 @@ def check_session_id(session_id: object) -> str:
 
 # The relay's side of a command: check the backlog, make sure a new session is announced to
 # the hosts (one control entry per session), append the command.  Atomic, so two workers
-# starting one session at once announce it once.  Returns {status, entry id or backlog,
-# the event stream's last id}: status 1 ok, 0 backlog full, -1 no session, -2 no host room.
+# starting one session at once announce it once.  It keeps receive()'s record (the taken
+# set and the floor) alive as long as the event stream (see _CLAIM).  Returns {status,
+# entry id or backlog, the event stream's last id}: status 1 ok, 0 backlog full, -1 no
+# session, -2 no host room.
 _ENQUEUE = """
 local cmd, meta, ctl, ev, hosts, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local last = redis.call('XREVRANGE', ev, '+', '-', 'COUNT', 1)
@@ -280,7 +366,67 @@ local id = redis.call('XADD', cmd, '*', 'op', ARGV[2], 'mid', ARGV[3], 'body', A
 redis.call('HSET', meta, 'used', ARGV[10])
 redis.call('EXPIRE', meta, ARGV[8])
 redis.call('EXPIRE', cmd, ARGV[8])
+local keep = tonumber(ARGV[8])
+local left = redis.call('TTL', ev)
+if left > keep then keep = left end
+redis.call('EXPIRE', KEYS[7], keep + 600)
+redis.call('EXPIRE', KEYS[8], keep + 600)
 return {1, id, last_id}
+"""
+
+# The claim of receive(): the first of the candidate entries (ARGV[2..], in stream order)
+# that no receive() took yet becomes taken (ZADD NX into the session's taken set), and the
+# floor moves up over what is all taken (or not a business message: acks, answers, events).
+# An entry at or under the floor, or trimmed from the stream already, cannot be claimed.
+# Members are the entry ids padded to sort as strings (ZRANGEBYLEX order is stream order);
+# the set keeps only entries above the floor and still in the stream, so its size is at
+# most the stream's.  Both keys expire 10 minutes after the later of the handle's expiry
+# and the stream's (which the hosts refresh after each command): were they to go first,
+# what was taken could be received again.  Returns {the 1-based index claimed or 0, floor}.
+_CLAIM = """
+local ev, taken, floorkey = KEYS[1], KEYS[2], KEYS[3]
+local function pad(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+local floor = redis.call('GET', floorkey) or '0-0'
+local head = redis.call('XRANGE', ev, '-', '+', 'COUNT', 1)
+if #head == 0 then return {0, floor} end
+local first, low = pad(head[1][1]), pad(floor)
+local won = 0
+for i = 2, #ARGV do
+  local p = pad(ARGV[i])
+  if p > low and p >= first and redis.call('ZADD', taken, 'NX', 0, p) == 1 then
+    won = i - 1
+    break
+  end
+end
+if won == 0 then return {0, floor} end
+local new = floor
+for _, entry in ipairs(redis.call('XRANGE', ev, '(' .. floor, '+', 'COUNT', 256)) do
+  local kind, asked = nil, nil
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'k' then kind = fields[j + 1] end
+    if fields[j] == 'a' then asked = fields[j + 1] end
+  end
+  if kind == 'm' and (asked == nil or asked == '')
+      and not redis.call('ZSCORE', taken, pad(entry[1])) then
+    break
+  end
+  new = entry[1]
+end
+if new ~= floor then
+  redis.call('SET', floorkey, new)
+  redis.call('ZREMRANGEBYLEX', taken, '-', '[' .. pad(new))
+end
+redis.call('ZREMRANGEBYLEX', taken, '-', '(' .. first)
+local keep = tonumber(ARGV[1])
+local left = redis.call('TTL', ev)
+if left > keep then keep = left end
+redis.call('EXPIRE', floorkey, keep + 600)
+redis.call('EXPIRE', taken, keep + 600)
+return {won, new}
 """
 
 
@@ -301,13 +447,29 @@ class RelayClient:
     the service is at most *max_outbox* (:class:`~avatar_im.OutboxFullError`
     beyond; with *send_timeout*, a send first waits that long for room).
 
-    :param redis_url: the Redis URL, ``redis://host:6379/0`` (``rediss://`` for TLS).
+    Every call is bounded, Redis stalled or not: one round trip takes at most
+    *redis_timeout*; a call with a timeout (:meth:`ask`, :meth:`receive`,
+    :meth:`wait_ack`...) stops retrying Redis when its timeout runs out, one
+    without (:meth:`send_text`, :meth:`hosted`...) after *redis_retry*.  So
+    when Redis stops answering (stalled, or unreachable), a call returns
+    within its timeout (or *redis_retry*; plus *send_timeout* for a send
+    waiting for room) plus *redis_timeout*, the round trip under way then
+    (:data:`STALL_SLACK`, 1.25 s with the defaults, allows 0.25 s more), with
+    the same errors: :class:`RelayUnavailableError` when Redis was
+    unreachable to the end, the client's typed timeout otherwise.  A wait
+    with ``timeout=None`` waits for Redis to come back.
+
+    :param redis_url: the Redis URL, ``redis://host:6379/0`` (``rediss://`` for TLS,
+        ``unix://`` for a socket), checked by :func:`check_redis_url`.
     :param session_id: the session's id (the avatar service's session id).
     :param prefix: the prefix of the Redis keys (the hosts' must be the same).
     :param require_host: :meth:`start_session` of a session no host holds raises
         :class:`HostsFullError` when no live host has room for it.
-    :param idle_timeout: the seconds after which the session's Redis keys expire
-        unused (the hosts stop it earlier, after their own idle timeout).
+    :param idle_timeout: the seconds (> 0) after which the session's Redis keys
+        expire unused (the hosts stop it earlier, after their own idle timeout).
+    :param redis_timeout: the longest one Redis round trip may take (the socket
+        timeout of the handle's connections, > 0; a blocking read of the event
+        stream blocks half of it at most).
     """
 
     def __init__(
@@ -325,28 +487,29 @@ class RelayClient:
         idle_timeout: float = 3600.0,
         id_factory: MessageIdFactory | None = None,
         max_message_size: int = 16 * 2**20,
+        redis_timeout: float = REDIS_TIMEOUT,
     ) -> None:
-        if not isinstance(redis_url, str) or not redis_url:
-            raise InvalidArgumentError("redis_url must be a non-empty str")
+        self._url = check_redis_url(redis_url)
         self.session_id = check_session_id(session_id)
-        for name, number in (
-            ("max_outbox", max_outbox),
-            ("receive_buffer", receive_buffer),
-            ("max_message_size", max_message_size),
-        ):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {number!r}")
-        self._url = redis_url
         self._keys = Keys(prefix)
-        self._max_outbox = max_outbox
+        self._max_outbox = require_count("max_outbox", max_outbox)
+        self._receive_buffer = require_count("receive_buffer", receive_buffer)
+        self._max_message_size = require_count("max_message_size", max_message_size)
         self._send_timeout = require_timeout("send_timeout", send_timeout)
-        self._retry = require_timeout("redis_retry", redis_retry) or 0.0
-        self._slack = require_timeout("result_slack", result_slack) or 0.0
-        idle = require_timeout("idle_timeout", idle_timeout)
-        self._expire = max(60, int(idle or 3600) * 2)
-        self._require_host = bool(require_host)
-        self._receive_buffer = receive_buffer
-        self._max_message_size = max_message_size
+        self._retry = require_seconds("redis_retry", redis_retry)
+        self._slack = require_seconds("result_slack", result_slack)
+        self._io_timeout = require_seconds("redis_timeout", redis_timeout, positive=True)
+        idle = 3600.0 if idle_timeout is None else require_seconds("idle_timeout", idle_timeout)
+        if idle <= 0:
+            raise InvalidArgumentError(f"idle_timeout must be > 0, got {idle_timeout!r}")
+        self._expire = max(60, math.ceil(idle) * 2)
+        if not isinstance(require_host, bool):
+            raise InvalidArgumentTypeError(
+                f"require_host must be a bool, got {type(require_host).__name__}"
+            )
+        self._require_host = require_host
+        if id_factory is not None and not callable(getattr(id_factory, "new", None)):
+            raise InvalidArgumentTypeError("id_factory must be a MessageIdFactory (with .new)")
         self._ids = id_factory or default_id_factory
         self._closed = False
         self._reset()
@@ -359,8 +522,15 @@ class RelayClient:
         self._changed = threading.Condition(self._lock)
         self._pumping = False  # a thread is reading the event stream (others wait)
         self._pos: str | None = None  # the event stream id read up to
+        self._generation = 0  # bumped when _pos moves back: a read from before is dropped
+        # Business messages are buffered from the first receive() on, above this entry
+        # (the session's floor, then the last one buffered); None before that.
+        self._msg_mark: tuple[int, int] | None = None
+        # The last event buffered (or where the pump was when it moved back to the floor).
+        self._event_mark: tuple[int, int] | None = None
         self._acks: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
         self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # Messages read and not yet claimed here (another handle may have taken some).
         self._inbox: collections.deque[tuple[str, Message]] = collections.deque()
         self._events: collections.deque[tuple[str, ServerEvent]] = collections.deque()
         self._start_id: str | None = None
@@ -372,7 +542,7 @@ class RelayClient:
             self._reset()
         if self._closed:
             raise ClientClosedError("the relay client is closed")
-        return connect(self._url)
+        return connect(self._url, socket_timeout=self._io_timeout)
 
     def __repr__(self) -> str:
         return f"<RelayClient session_id={self.session_id!r} prefix={self._keys.prefix!r}>"
@@ -398,7 +568,8 @@ class RelayClient:
 
         The session goes on (its host holds it until :meth:`stop_session` or
         its idle timeout), as closing an :class:`~avatar_im.AvatarIM` does not
-        stop its session either; the process's Redis pool stays for other handles.
+        stop its session either; the process's Redis pool stays for other handles
+        (:func:`close_pools` closes it).
         """
         self._closed = True
         with self._changed:
@@ -406,24 +577,37 @@ class RelayClient:
 
     # ---------------------------------------------------------------- Redis
 
-    def _redis(self, what: str, call: Callable[[Any], T], message_id: str | None = None) -> T:
-        """Run *call*, retrying while Redis is unreachable, for at most the retry window."""
+    def _redis(
+        self,
+        what: str,
+        call: Callable[[Any], T],
+        message_id: str | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Run *call*, retrying while Redis is unreachable, for at most the retry window.
+
+        With *deadline* (a call's own, :func:`time.monotonic`), the retries stop then if
+        that is sooner.  One attempt is always made; each takes at most *redis_timeout*.
+        """
         down = redis_down_errors()
-        deadline = time.monotonic() + self._retry
+        began = time.monotonic()
+        until = began + self._retry
+        if deadline is not None:
+            until = min(until, deadline)
         pause = 0.05
         while True:
             client = self._check()
             try:
                 return call(client)
             except down as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= until:
                     raise RelayUnavailableError(
-                        f"{what}: Redis unreachable for {self._retry:g}s: {exc}",
+                        f"{what}: Redis unreachable for {now - began:.1f}s: {exc}",
                         message_id=message_id,
                     ) from exc
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 0.5)
+                time.sleep(min(pause, until - now))
+                pause = min(pause * 2, 0.25)
 
     # ------------------------------------------------------------- commands
 
@@ -434,7 +618,13 @@ class RelayClient:
         *,
         message_id: str | None = None,
         start_options: Mapping[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> str:
+        """Append a command (atomically, see ``_ENQUEUE``); return its message id.
+
+        Bounded: Redis is retried for *redis_retry* (plus *send_timeout*, when waiting for
+        room), and never past *deadline* (the calling wait's own), if given.
+        """
         if message_id is None:
             message_id = self._ids.new(time.time_ns() // 1_000_000)
         elif not isinstance(message_id, str) or not message_id:
@@ -467,13 +657,21 @@ class RelayClient:
             keys.ev(sid),
             keys.hosts,
             keys.room,
+            keys.floor(sid),
+            keys.taken(sid),
         ]
-        deadline = None if self._send_timeout is None else time.monotonic() + self._send_timeout
+        began = time.monotonic()
+        room_until = None if self._send_timeout is None else began + self._send_timeout
+        redis_until = began + self._retry + (self._send_timeout or 0.0)
+        if deadline is not None:
+            redis_until = min(redis_until, deadline)
+            room_until = deadline if room_until is None else min(room_until, deadline)
         while True:
             result: list[Any] = self._redis(
                 f"send {op}",
                 lambda r: r.eval(_ENQUEUE, len(script_keys), *script_keys, *args),
                 message_id,
+                redis_until,
             )
             status, value, last_id = int(result[0]), str(result[1]), str(result[2])
             if status == 1:
@@ -487,12 +685,13 @@ class RelayClient:
                     "no live host has room for another session (each holds at most its "
                     "max_sessions): start more hosts, or retry"
                 )
-            if deadline is None or time.monotonic() >= deadline:
+            left = None if room_until is None else room_until - time.monotonic()
+            if left is None or left <= 0 or self._send_timeout is None:
                 raise OutboxFullError(
                     f"session {sid!r} holds {value} commands not yet acknowledged "
                     f"(max_outbox {self._max_outbox})"
                 )
-            time.sleep(0.05)
+            time.sleep(min(0.05, left))
         with self._lock:
             if self._pos is None:
                 self._pos = last_id  # what this command gives comes after it
@@ -576,7 +775,9 @@ class RelayClient:
         was sent before it (the rule of :meth:`AvatarIM.ask`); asks from many
         workers at once are answered in the order their texts reached Redis.
         Raises :class:`AskTimeout` (with the text's ``message_id``) after
-        *timeout*, :class:`AckError` when the service refused the text.
+        *timeout*, :class:`AckError` when the service refused the text, and
+        :class:`RelayUnavailableError` (with the ``message_id``) when Redis
+        was unreachable for *redis_retry* or until *timeout*, the sooner.
         """
         require_text(text)
         timeout = require_timeout("timeout", timeout)
@@ -584,7 +785,7 @@ class RelayClient:
             raise InvalidArgumentTypeError("wait_spoken must be a bool")
         deadline = None if timeout is None else time.monotonic() + timeout
         body = {"text": text, "ask": 30.0 if timeout is None else timeout}
-        message_id = self._enqueue("text", body)
+        message_id = self._enqueue("text", body, deadline=deadline)
 
         def done() -> bool:
             answer = self._answers.get(message_id)
@@ -631,10 +832,12 @@ class RelayClient:
             if not isinstance(flag, bool):
                 raise InvalidArgumentTypeError(f"{name} must be a bool")
         body = {"timeout": timeout, "include_text": include_text, "stop_streams": stop_streams}
-        message_id = self._enqueue("interrupt", body)
         wait = None if timeout is None else timeout + self._slack
+        deadline = None if wait is None else time.monotonic() + wait
+        message_id = self._enqueue("interrupt", body, deadline=deadline)
         try:
-            error, extra = self._outcome(message_id, wait, refusals=False)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            error, extra = self._outcome(message_id, left, refusals=False)
         except AckTimeout:
             raise InterruptTimeout(
                 f"the host did not report the interrupt {message_id} within {wait}s",
@@ -691,13 +894,19 @@ class RelayClient:
         family: str | Iterable[str] | None = None,
         match: Callable[[Message], bool] | None = None,
     ) -> Message:
-        """Return the session's next business message, from where its readers left off.
+        """Return the session's next business message that no ``receive()`` took yet.
 
-        The position is kept in Redis per session, so a handle in any worker
-        goes on where the last ``receive()`` of the session stopped; with
-        *family* or *match*, the oldest that fits (the others stay buffered
-        in this handle).  What :meth:`ask` returned is not returned here.
-        Raises :class:`ReceiveTimeout` after *timeout*.
+        Each business message of a session is returned by at most one
+        ``receive()``, of any handle in any process: a handle claims it
+        atomically in Redis before returning it.  With *family* or *match*,
+        the oldest that fits; the ones it skips stay for a later ``receive()``
+        of any handle.  A handle's first ``receive()`` starts at the session's
+        *floor*, the entry up to which every message was taken, so the next
+        request's handle neither gets what an earlier one took nor misses what
+        nobody took (unless it was trimmed from the event stream, or the
+        handle buffers more than *receive_buffer* untaken ones: it then skips
+        the oldest, counted in :attr:`dropped`).  What :meth:`ask` returned
+        is not returned here.  Raises :class:`ReceiveTimeout` after *timeout*.
         """
         timeout = require_timeout("timeout", timeout)
         wanted = None if family is None else family_names(family)
@@ -706,45 +915,85 @@ class RelayClient:
         if match is not None and not callable(match):
             raise InvalidArgumentTypeError("match must be callable or None")
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursor_key = self._keys.cursor(self.session_id)
-        cursor = self._redis("receive", lambda r: r.get(cursor_key))
-        with self._lock:
-            if self._pos is None:
-                self._pos = cursor if isinstance(cursor, str) else self._last_event_id()
-            if isinstance(cursor, str):  # what another handle's receive() took already
-                floor = stream_id(cursor)
-                self._inbox = collections.deque(
-                    item for item in self._inbox if stream_id(item[0]) > floor
-                )
+        self._open_inbox(deadline)
 
         def fits(message: Message) -> bool:
             if wanted is not None and message.family not in wanted and "message" not in wanted:
                 return False
             return match is None or bool(match(message))
 
-        taken: list[tuple[str, Message]] = []
+        candidates: list[tuple[str, Message]] = []
 
-        def take() -> bool:
+        def found() -> bool:
+            candidates.clear()
             for item in self._inbox:
                 if fits(item[1]):
-                    self._inbox.remove(item)
-                    taken.append(item)
-                    return True
-            return False
+                    candidates.append(item)
+                    if len(candidates) >= CLAIM_BATCH:
+                        break
+            return bool(candidates)
 
-        if not self._wait(take, deadline):
-            raise ReceiveTimeout(f"nothing received within {timeout}s")
-        entry_id, message = taken[0]
-        self._redis("receive", lambda r: r.set(cursor_key, entry_id, ex=self._expire))
-        return message
+        while True:  # each round returns, or drops a candidate; _wait keeps the deadline
+            if not self._wait(found, deadline):
+                raise ReceiveTimeout(f"nothing received within {timeout}s")
+            won, floor = self._claim([entry_id for entry_id, _ in candidates], deadline)
+            # The candidates up to the one won leave the buffer: that one is ours, those
+            # before it (all, when none was won) other handles took, as all under the floor.
+            gone = {entry_id for entry_id, _ in candidates[: won or len(candidates)]}
+            low = stream_id(floor)
+            with self._lock:
+                self._inbox = collections.deque(
+                    item for item in self._inbox if item[0] not in gone and stream_id(item[0]) > low
+                )
+            if won:
+                return candidates[won - 1][1]
+
+    def _open_inbox(self, deadline: float | None) -> None:
+        """On this handle's first receive(), start buffering messages at the session's floor."""
+        with self._lock:
+            if self._msg_mark is not None:
+                return
+        key = self._keys.floor(self.session_id)
+        floor = self._redis("receive", lambda r: r.get(key), deadline=deadline)
+        start = floor if isinstance(floor, str) else "0-0"
+        with self._lock:
+            if self._msg_mark is not None:  # another thread of this handle was quicker
+                return
+            self._msg_mark = stream_id(start)
+            if self._pos is None or stream_id(self._pos) > self._msg_mark:
+                # Read again from the floor: acks and answers are filed again (the same);
+                # events up to where this handle was are not buffered (again).
+                if self._pos is not None:
+                    self._event_mark = stream_id(self._pos)
+                self._pos = start
+                self._generation += 1
+
+    def _claim(self, entry_ids: list[str], deadline: float | None) -> tuple[int, str]:
+        """Claim the first of *entry_ids* no receive() took: (its 1-based index or 0, floor)."""
+        keys = self._keys
+        sid = self.session_id
+        script_keys = [keys.ev(sid), keys.taken(sid), keys.floor(sid)]
+        result: list[Any] = self._redis(
+            "receive",
+            lambda r: r.eval(_CLAIM, len(script_keys), *script_keys, self._expire, *entry_ids),
+            deadline=deadline,
+        )
+        return int(result[0]), str(result[1])
 
     def receive_event(self, timeout: float | None = None) -> ServerEvent:
-        """Return the next event (packet ``7``) of the session, waiting if needed."""
+        """Return the next event (packet ``7``) of the session, waiting if needed.
+
+        Events are this handle's own: each handle gets those sent after its first call.
+        """
         timeout = require_timeout("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            if self._pos is None:
-                self._pos = self._last_event_id()
+            fresh = self._pos is None
+        if fresh:
+            last = self._last_event_id(deadline)
+            with self._lock:
+                if self._pos is None:
+                    self._pos = last
         taken: list[ServerEvent] = []
 
         def take() -> bool:
@@ -757,10 +1006,12 @@ class RelayClient:
             raise ReceiveTimeout(f"no event within {timeout}s")
         return taken[0]
 
-    def _last_event_id(self) -> str:
-        """The event stream's last id now (read with the lock held: a quick call)."""
+    def _last_event_id(self, deadline: float | None) -> str:
+        """The event stream's last id now (read without the lock)."""
         key = self._keys.ev(self.session_id)
-        last = self._redis("receive", lambda r: r.xrevrange(key, "+", "-", count=1))
+        last = self._redis(
+            "receive", lambda r: r.xrevrange(key, "+", "-", count=1), deadline=deadline
+        )
         return str(last[0][0]) if last else "0-0"
 
     # ----------------------------------------------------------------- pump
@@ -770,10 +1021,13 @@ class RelayClient:
 
         One thread reads at a time; the others wait for what it files.  Redis
         being down delays the wait, and raises :class:`RelayUnavailableError`
-        only when the deadline passes with Redis still down.
+        only when the deadline passes with Redis still down.  A read blocks at
+        most half of *redis_timeout* (and not past the deadline), so it returns
+        within *redis_timeout* even when Redis stalls.
         """
         key = self._keys.ev(self.session_id)
         down = redis_down_errors()
+        longest = max(1, min(500, int(self._io_timeout * 500)))  # ms, half the socket timeout
         while True:
             with self._changed:
                 while True:
@@ -792,9 +1046,10 @@ class RelayClient:
                     if not self._pumping:
                         self._pumping = True
                         position = self._pos or "0-0"
+                        generation = self._generation
                         break
                     self._changed.wait(0.5 if left is None else min(left, 0.5))
-            block = 500 if left is None else max(1, min(500, int(left * 1000)))
+            block = longest if left is None else max(1, min(longest, int(left * 1000)))
             entries: list[Any] = []
             try:
                 client = self._check()
@@ -811,11 +1066,13 @@ class RelayClient:
             with self._changed:
                 self._pumping = False
                 self._down = error
-                if entries:
+                if entries and generation == self._generation:
                     self._file(entries)
                 self._changed.notify_all()
             if error is not None:
-                time.sleep(0.1)
+                pause = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
 
     def _file(self, entries: list[Any]) -> None:
         """File read entries: acks, answers, messages and events (the lock held)."""
@@ -827,21 +1084,29 @@ class RelayClient:
                 extra = json.loads(fields["x"]) if fields.get("x") else None
                 _remember(self._acks, fields.get("id", ""), (error, extra))
             elif kind == "m":
-                envelope = json.loads(fields.get("e", "{}"))
                 asked = fields.get("a")
                 if asked:
+                    envelope = json.loads(fields.get("e", "{}"))
                     answer = self._answers.get(asked)
                     if answer is None:
                         answer = {}
                         _remember(self._answers, asked, answer)
                     answer[fields.get("p", "r")] = envelope
                     continue
-                message = from_envelope(envelope)
+                place = stream_id(entry_id)
+                if self._msg_mark is None or place <= self._msg_mark:
+                    continue  # no receive() yet, or taken already (under the floor)
+                self._msg_mark = place
+                message = from_envelope(json.loads(fields.get("e", "{}")))
                 self._inbox.append((entry_id, message))
                 if len(self._inbox) > self._receive_buffer:
                     self._inbox.popleft()
                     self.dropped += 1
             elif kind == "v":
+                place = stream_id(entry_id)
+                if self._event_mark is not None and place <= self._event_mark:
+                    continue  # read again after a move back to the floor
+                self._event_mark = place
                 event = from_event(json.loads(fields.get("e", "{}")))
                 self._events.append((entry_id, event))
                 if len(self._events) > self._receive_buffer:
