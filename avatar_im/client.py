@@ -189,7 +189,8 @@ class AvatarIM:
     :param require_acks: keep each message until it is acknowledged (else until written).
     :param max_outbox: how many unacknowledged messages the outbox holds.
     :param send_timeout: seconds a send waits for outbox room (``None``: it raises at once).
-    :param receive_buffer: how many messages (and events) the pull API keeps.
+    :param receive_buffer: how many messages (and events) the pull API keeps; 0 keeps
+        none, for a client read only through listeners (:meth:`on`) and waits (:meth:`ask`).
     :param dedupe_capacity: how many inbound message ids are remembered against duplicates.
     :param dedupe_max_bytes: the bytes those ids may take (``None``: no limit).
     :param auto_connect: connect at once (else call :meth:`connect`).
@@ -338,16 +339,16 @@ class AvatarIM:
             raise InvalidArgumentError("connect_timeout must be > 0")
         if reconnect is not None and not isinstance(reconnect, ReconnectPolicy):
             raise InvalidArgumentTypeError("reconnect must be a ReconnectPolicy or None")
-        for name, number in (
-            ("max_outbox", max_outbox),
-            ("receive_buffer", receive_buffer),
-            ("dedupe_capacity", dedupe_capacity),
-            ("dedupe_max_bytes", 1 if dedupe_max_bytes is None else dedupe_max_bytes),
+        for name, number, least in (
+            ("max_outbox", max_outbox, 1),
+            ("receive_buffer", receive_buffer, 0),
+            ("dedupe_capacity", dedupe_capacity, 1),
+            ("dedupe_max_bytes", 1 if dedupe_max_bytes is None else dedupe_max_bytes, 1),
         ):
             if isinstance(number, bool) or not isinstance(number, int):
                 raise InvalidArgumentTypeError(f"{name} must be an int")
-            if number < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {number}")
+            if number < least:
+                raise InvalidArgumentError(f"{name} must be >= {least}, got {number}")
         if id_factory is not None and not callable(getattr(id_factory, "new", None)):
             raise InvalidArgumentTypeError("id_factory must have a new(now_ms) method")
         self._send_timeout = require_timeout("send_timeout", send_timeout)

@@ -4,7 +4,8 @@
 (:mod:`.messages`), numbers it (``seq``), keeps the avatar's speaking state,
 offers it to the open *claims* (an ``ask()`` waiting for its reply, an
 ``interrupt()`` waiting for its result) and buffers what no claim took for the
-pull API (``receive``), bounded: when full the oldest goes, counted and logged.
+pull API (``receive``), bounded: when full the oldest goes, counted and logged (with
+a capacity of 0 it keeps none, silently: a client read through listeners only).
 
 Threads: the client's reader thread delivers; any application thread pulls,
 claims and waits.  One lock, ``Inbox._lock`` (a condition), guards every field;
@@ -247,6 +248,8 @@ class Inbox:
         self._append(message, buffer)
 
     def _append(self, message: Message, buffer: collections.deque[Message]) -> None:
+        if not self._capacity:
+            return  # no pull buffer (receive_buffer=0): only listeners and claims see it
         if len(buffer) >= self._capacity:
             buffer.popleft()
             self.dropped += 1

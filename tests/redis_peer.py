@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -130,3 +131,23 @@ def hosts(redis_url: str, server: ReferenceServer, n: int, **options: Any) -> It
     finally:
         for host in made:
             host.close()
+
+
+def host_process(redis_url: str, url: str, host_id: str, lease: float) -> subprocess.Popen[bytes]:
+    """``avatar-im host`` as a process of its own (for ``kill -9`` and ``SIGSTOP``)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "avatar_im.host",
+            "--redis",
+            redis_url,
+            "--url",
+            url,
+            "--lease-ttl",
+            str(lease),
+            "--host-id",
+            host_id,
+        ],
+        stdout=subprocess.DEVNULL,
+    )

@@ -12,14 +12,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 from conftest import TIMEOUT, wait_until
-from redis_peer import RedisProcess, avatar_server, hosts, needs_redis, redis, redis_server
+from redis_peer import (
+    RedisProcess,
+    avatar_server,
+    host_process,
+    hosts,
+    needs_redis,
+    redis,
+    redis_server,
+)
 
 from avatar_im.server import ReferenceServer
 
@@ -216,32 +222,14 @@ def test_many_workers_exactly_once_in_order(
     print(f"{10 * n} texts over 10 sessions in {elapsed:.2f}s; sessions per host {held}")
 
 
-def _host_process(redis_url: str, url: str, host_id: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "avatar_im.host",
-            "--redis",
-            redis_url,
-            "--url",
-            url,
-            "--lease-ttl",
-            str(LEASE),
-            "--host-id",
-            host_id,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-
-
 def test_kill_9_of_a_host_mid_stream(
     redis_server: RedisProcess, avatar_server: ReferenceServer
 ) -> None:
     """Two host processes; one is killed mid-stream, twice (restarted between): nothing lost."""
     session_ids = [f"kill-{i}" for i in range(6)]
     procs = {
-        name: _host_process(redis_server.url, avatar_server.url, name) for name in ("ka", "kb")
+        name: host_process(redis_server.url, avatar_server.url, name, LEASE)
+        for name in ("ka", "kb")
     }
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     takeovers: list[float] = []
@@ -263,7 +251,7 @@ def test_kill_9_of_a_host_mid_stream(
                 ), f"{mine} not taken over"
                 takeovers.append(time.monotonic() - killed)
                 # A fresh host with the same name: the next kill has two hosts to choose from.
-                procs[victim] = _host_process(redis_server.url, avatar_server.url, victim)
+                procs[victim] = host_process(redis_server.url, avatar_server.url, victim, LEASE)
 
         result = run_workers(
             redis_server.url, session_ids, workers=3, texts=60, ask_every=0, during=kill_twice
