@@ -2,7 +2,8 @@
 
 Run one or more anywhere that reaches Redis and the avatar service::
 
-    avatar-im host --redis redis://127.0.0.1:6379/0 --url wss://...  # or python -m avatar_im.host
+    avatar-im host --redis redis://127.0.0.1:6379/0 --url ws://...  # or python -m avatar_im.host
+    ALIBABA_CLOUD_ACCESS_KEY_ID=... avatar-im host --redis ...  # the cloud: see SessionHost
 
 or embed one (:class:`SessionHost`).  Web workers use
 :class:`avatar_im.relay.RelayClient` (see there for the keys).  What a host does:
@@ -30,9 +31,13 @@ or embed one (:class:`SessionHost`).  Web workers use
 * what the service sends goes to the session's event stream, capped
   (``XADD ... MAXLEN ~`` *events_maxlen*); a reply is marked as the answer of
   the oldest asked text still waiting, as :meth:`AvatarIM.ask` takes it;
-* a session with no command for *idle_timeout* seconds is stopped and let go
-  (its client, or the :class:`~avatar_im.sessions.AvatarSession` the factory
-  made, is closed: that stops the cloud instance too).  A session started again
+* on the cloud path (*openapi*, or ``avatar-im host`` with
+  ``ALIBABA_CLOUD_ACCESS_KEY_ID`` set), each session runs on an instance of its
+  own (``StartInstance``); only the instance's session id goes to Redis, so a
+  host that takes the session over reconnects to the same instance;
+* a session with no command for *idle_timeout* seconds is stopped and let go:
+  its client is closed (a factory's entry too) and, on the cloud path, its
+  instance stopped (``StopInstance``).  A session started again
   while its host lets it go is held again, by that host once its last hosting
   has ended, or by another.
 
@@ -100,7 +105,8 @@ from .relay import (
     redis_down_errors,
     stream_id,
 )
-from .urls import build_url
+from .sessions import OpenAPILike
+from .urls import DEFAULT_URL, build_url
 
 __all__ = ["PresetIds", "SessionHost", "add_arguments", "main", "run"]
 
@@ -246,6 +252,15 @@ return out
 """
 
 
+# Record the cloud instance a session runs on, if this host holds its lease.  KEYS: meta,
+# lease; ARGV: host id, the instance's session id.  Returns 1, or 0 when not this host's.
+_BIND = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'instance', ARGV[2])
+return 1
+"""
+
+
 class PresetIds(MessageIdFactory):
     """An id factory whose next id, on one thread, is the one given to :meth:`use`.
 
@@ -316,6 +331,8 @@ class _Lane:
     ending: bool = False
     successor: str | None = None
     wakeups: int = 0  # the lane thread's: how many times it woke from a wait (diagnostics)
+    # With the OpenAPI: the session id of the cloud instance the lane's client talks to.
+    instance: str | None = None
     thread: threading.Thread | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -330,17 +347,29 @@ class SessionHost:
         with SessionHost("redis://127.0.0.1:6379/0", url=server.url) as host:
             ...  # web workers use RelayClient("redis://...", session_id=...)
 
-    *client_factory(session_id, ids)* makes a session's client: an
-    :class:`~avatar_im.AvatarIM` made with ``id_factory=ids`` (so that each
-    command goes with its web worker's message id) and, best,
-    ``receive_buffer=0`` (the host reads it through listeners only), or an
-    object with that client as ``.client`` and a ``close()`` (an
-    :class:`~avatar_im.sessions.AvatarSession` made with
-    ``open_session(api, user_id=session_id, id_factory=ids)`` stops its cloud
-    instance when the host lets the session go).  By default an
-    :class:`~avatar_im.AvatarIM` to *url* with *token*, *app_id*, *tenant_id*
-    and *client_options* (any other :class:`~avatar_im.AvatarIM` keyword
-    argument, checked here).  Every argument is checked at the call
+    Where a session's client comes from:
+
+    * with *openapi* (an :class:`~avatar_im.aliyun.AvatarOpenAPI`, for the
+      cloud): each session runs on an avatar instance of its own, started
+      with ``StartInstance`` (``user_id`` the relay's session id) when the
+      session is first held.  Only the instance's session id goes to Redis
+      (the session's meta): a host that takes the session over reconnects to
+      the same instance, its IM token read with ``QueryRunningInstance``
+      (and renewed so), and starts a new one only if it no longer runs.
+      The instance is stopped (``StopInstance``) when the session is let go:
+      stopped, or idle.  *url* is then the IM endpoint, by default
+      ``AVATAR_IM_URL`` or the cloud's; *token*, *app_id* and *tenant_id*
+      are not used;
+    * *client_factory(session_id, ids)*: an :class:`~avatar_im.AvatarIM` made
+      with ``id_factory=ids`` (so that each command goes with its web
+      worker's message id) and, best, ``receive_buffer=0`` (the host reads it
+      through listeners only), or an object with that client as ``.client``
+      and a ``close()``, called when the host lets the session go or stops;
+    * by default an :class:`~avatar_im.AvatarIM` to *url* with *token*,
+      *app_id* and *tenant_id* (a reference server, or a fixed channel).
+
+    *client_options* are any other :class:`~avatar_im.AvatarIM` keyword
+    arguments (with *openapi* or by default), checked here.  Every argument is checked at the call
     (:class:`~avatar_im.InvalidArgumentError`,
     :class:`~avatar_im.InvalidArgumentTypeError`).
 
@@ -367,6 +396,7 @@ class SessionHost:
         tenant_id: str = "demo-tenant",
         client_factory: ClientFactory | None = None,
         client_options: Mapping[str, Any] | None = None,
+        openapi: OpenAPILike | None = None,
         max_sessions: int = 100,
         lease_ttl: float = 10.0,
         idle_timeout: float = 600.0,
@@ -383,8 +413,18 @@ class SessionHost:
         if url is not None:
             require_str("url", url)
             build_url(url, token="x", app_id="x", tenant_id="x")  # a ws:// or wss:// URL
-        if client_factory is None and not url:
-            raise InvalidArgumentError("pass url=... (the avatar service), or client_factory=...")
+        if openapi is not None:
+            for method in ("start_instance", "stop_instance", "query_running_instance"):
+                if not callable(getattr(openapi, method, None)):
+                    raise InvalidArgumentTypeError(
+                        f"openapi must be an AvatarOpenAPI (it has no {method}())"
+                    )
+            if client_factory is not None:
+                raise InvalidArgumentError("pass openapi=... or client_factory=..., not both")
+        if client_factory is None and openapi is None and not url:
+            raise InvalidArgumentError(
+                "pass url=... (the avatar service), openapi=... (the cloud), or client_factory=..."
+            )
         if client_factory is not None and client_options:
             raise InvalidArgumentError(
                 "client_options are for the host's own clients: pass them to client_factory's"
@@ -409,9 +449,9 @@ class SessionHost:
         self._tenant_id = tenant_id
         self._factory = client_factory
         self._client_options = _client_options(client_options)
+        self._openapi = openapi
         if client_factory is None:
-            assert url is not None
-            _probe_client(url, token, app_id, tenant_id, self._client_options)
+            _probe_client(url or DEFAULT_URL, token, app_id, tenant_id, self._client_options)
         self.max_sessions = max_sessions
         self.lease_ttl = lease_ttl
         self.idle_timeout = idle_timeout
@@ -878,9 +918,19 @@ class SessionHost:
 
     # ----------------------------------------------------------------- lanes
 
-    def _make_client(self, lane: _Lane) -> None:
+    def _make_client(self, lane: _Lane, meta: Mapping[str, str]) -> None:
         if self._factory is not None:
             entry = self._factory(lane.session_id, lane.ids)
+        elif self._openapi is not None:
+            instance = self._instance(lane, meta)
+            entry = AvatarIM.from_instance(
+                instance,
+                url=self._url,
+                openapi=self._openapi,
+                id_factory=lane.ids,
+                receive_buffer=0,  # the listeners publish everything: no pull buffer
+                **self._client_options,
+            )
         else:
             assert self._url is not None
             entry = AvatarIM(
@@ -899,6 +949,63 @@ class SessionHost:
         lane.entry, lane.client = entry, client
         client.on("message", lambda message: self._on_message(lane, message))
         client.on("event", lambda event: self._queue(lane, {"k": "v", "e": _json(event.raw)}))
+
+    def _instance(self, lane: _Lane, meta: Mapping[str, str]) -> Any:
+        """The running cloud instance of *lane*'s session: the one in its meta, or a new one.
+
+        A new one is recorded in the meta only while this host holds the lease; if it
+        does not (any more), the instance is stopped again and the lane gives up.
+        """
+        api = self._openapi
+        assert api is not None
+        known = meta.get("instance")
+        if known:
+            running = api.query_running_instance(known)
+            if running is not None:
+                lane.instance = known
+                return running
+            logger.info(
+                "host %s: session %s: instance %s no longer runs; starting another",
+                self.host_id,
+                lane.session_id,
+                known,
+            )
+        instance = api.start_instance(user_id=lane.session_id)
+        keys = self._keys
+        try:
+            bound = self._r().eval(
+                _BIND,
+                2,
+                keys.meta(lane.session_id),
+                keys.lease(lane.session_id),
+                self.host_id,
+                str(instance.session_id),
+            )
+        except BaseException:
+            self._stop_instance(lane.session_id, str(instance.session_id))
+            raise
+        if not bound:
+            self._stop_instance(lane.session_id, str(instance.session_id))
+            raise _LaneFailed("the lease was lost while its instance started")
+        lane.instance = str(instance.session_id)
+        return instance
+
+    def _stop_instance(self, session_id: str, instance: str) -> None:
+        """``StopInstance``; a failure is logged (the cloud ends idle instances itself)."""
+        assert self._openapi is not None
+        try:
+            self._openapi.stop_instance(instance)
+            logger.info(
+                "host %s: session %s: instance %s stopped", self.host_id, session_id, instance
+            )
+        except Exception as exc:
+            logger.warning(
+                "host %s: session %s: stopping instance %s failed: %s",
+                self.host_id,
+                session_id,
+                instance,
+                exc,
+            )
 
     def _run_lane(self, lane: _Lane, meta: dict[str, str]) -> None:
         ended = False
@@ -942,7 +1049,7 @@ class SessionHost:
     def _open_lane(self, lane: _Lane, meta: dict[str, str]) -> None:
         r = self._r()
         key = self._keys.cmd(lane.session_id)
-        self._make_client(lane)
+        self._make_client(lane, meta)
         with contextlib.suppress(Exception):  # BUSYGROUP: it exists (the relay made it)
             r.xgroup_create(key, GROUP, id="0", mkstream=True)
         lane.read_pos = _delivered(r, key)  # the reader waits for entries after this one
@@ -1267,6 +1374,8 @@ class SessionHost:
             entry.close()
         except Exception:
             logger.exception("host %s: closing session %s failed", self.host_id, lane.session_id)
+        if stop and lane.instance is not None:  # let go: the instance costs money
+            self._stop_instance(lane.session_id, lane.instance)
 
     # ------------------------------------------------------------ publishing
 
@@ -1602,7 +1711,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=env.get("AVATAR_IM_URL"),
-        help="the avatar service (default: AVATAR_IM_URL from the environment)",
+        help="the avatar service's IM endpoint (default: AVATAR_IM_URL from the environment; "
+        "with ALIBABA_CLOUD_ACCESS_KEY_ID set, the cloud's)",
     )
     parser.add_argument(
         "--token",
@@ -1631,11 +1741,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a host until SIGTERM or SIGINT (``avatar-im host``)."""
-    if not args.url:
-        sys.stderr.write("avatar-im host: pass --url or set AVATAR_IM_URL\n")
+    openapi: Any = None
+    if os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID"):  # the cloud: an instance per session
+        from .aliyun import AliyunConfig, AvatarOpenAPI, MissingExtraError
+
+        try:
+            openapi = AvatarOpenAPI(AliyunConfig.from_env())
+        except (InvalidArgumentError, MissingExtraError) as exc:
+            sys.stderr.write(f"avatar-im host: {' '.join(str(exc).split())}\n")
+            return 2
+    elif not args.url:
+        sys.stderr.write(
+            "avatar-im host: pass --url or set AVATAR_IM_URL (or ALIBABA_CLOUD_ACCESS_KEY_ID "
+            "and the rest of the OpenAPI's environment, for the cloud)\n"
+        )
         return 2
+    try:
+        return _serve(args, openapi)
+    finally:
+        if openapi is not None:
+            openapi.close()
+
+
+def _serve(args: argparse.Namespace, openapi: Any) -> int:
     host = SessionHost(
         args.redis,
+        openapi=openapi,
         url=args.url,
         token=args.token or os.environ.get("AVATAR_IM_TOKEN") or "dev-token",
         app_id=args.app_id,
@@ -1658,7 +1789,8 @@ def run(args: argparse.Namespace) -> int:
     shown = urlsplit(args.redis)._replace(
         netloc=urlsplit(args.redis).netloc.rpartition("@")[2]  # no credentials on the screen
     )
-    sys.stdout.write(f"avatar-im host {host.host_id}: serving {urlunsplit(shown)}\n")
+    where = "instances through the OpenAPI, " if openapi is not None else ""
+    sys.stdout.write(f"avatar-im host {host.host_id}: {where}serving {urlunsplit(shown)}\n")
     sys.stdout.flush()
     try:
         while not stop.wait(1.0):
