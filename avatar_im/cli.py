@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import attrs
 
@@ -188,8 +188,14 @@ def _show(args: argparse.Namespace, message: Message, **fields: Any) -> None:
     )
 
 
+class _Receives(Protocol):
+    """What _print_until reads from: an AvatarIM, or a RelayClient."""
+
+    def receive(self, timeout: float | None = None) -> Message: ...
+
+
 def _print_until(
-    args: argparse.Namespace, client: AvatarIM, done: Callable[[Message], bool], timeout: float
+    args: argparse.Namespace, client: _Receives, done: Callable[[Message], bool], timeout: float
 ) -> bool:
     """Print what arrives until a message for which *done* holds; False after *timeout* idle.
 
@@ -219,37 +225,92 @@ def _client(args: argparse.Namespace, url: str) -> AvatarIM:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """One conversation: start, a text, a short audio clip, stop; print every reply."""
+    """One conversation: start, a text, a short audio clip, stop; print every reply.
+
+    With --relay (or --redis URL), the same conversation goes through the Redis relay: a
+    session host holds the WebSocket and the demo talks to it by Redis alone, as a web
+    worker does (a throwaway redis-server on loopback without --redis).
+    """
+    if args.relay or args.redis:
+        return _relay_demo(args)
     timeout = args.timeout
     with _embedded_server(args) as url, _client(args, url) as client:
         client.wait_connected(timeout)
         _say(args, f"connected to {client.url}", event="connected", url=client.url)
-        mid = client.start_session(format="pcm", sample_rate=16000)
-        _show(args, client.wait_session_ready(timeout), reply_to=mid)
-
-        # A text: ask() returns the avatar's reply and, waited for, its broadcast.
-        _say(args, f"-> text: {args.text}", event="sent", kind="text", text=args.text)
-        answer = client.ask(args.text, timeout, wait_spoken=True)
-        for message in (answer.reply, answer.broadcast_start, answer.broadcast_end):
-            if message is not None:
-                _show(args, message, reply_to=answer.message_id)
-
-        # Audio: a tone, then silence, so that the service hears an utterance end.
-        clip = sine_pcm(args.audio_seconds) + bytes(2 * 16000 * 6 // 10)
-        message_id = client.send_audio(clip)
-        _say(
-            args,
-            f"-> audio: {args.audio_seconds:g} s of tone, 0.6 s of silence",
-            event="sent",
-            kind="audio",
-            message_id=message_id,
-        )
-        if not _print_until(args, client, lambda m: m.family == "broadcast_end", timeout):
-            _say(args, f"(no spoken answer to the audio within {timeout:g} s)", event="no_reply")
-        client.stop_session()
+        _converse(args, client)
         client.flush(timeout)
         _print_until(args, client, lambda m: m.family == "stop_result", min(timeout, 2.0))
         _say_done(args, client)
+    return 0
+
+
+def _converse(args: argparse.Namespace, avatar: Any) -> None:
+    """The demo's conversation, on an AvatarIM or a RelayClient: start, text, audio, stop."""
+    timeout = args.timeout
+    mid = avatar.start_session(format="pcm", sample_rate=16000)
+    _show(args, avatar.wait_session_ready(timeout), reply_to=mid)
+
+    # A text: ask() returns the avatar's reply and, waited for, its broadcast.
+    _say(args, f"-> text: {args.text}", event="sent", kind="text", text=args.text)
+    answer = avatar.ask(args.text, timeout, wait_spoken=True)
+    for message in (answer.reply, answer.broadcast_start, answer.broadcast_end):
+        if message is not None:
+            _show(args, message, reply_to=answer.message_id)
+
+    # Audio: a tone, then silence, so that the service hears an utterance end.
+    clip = sine_pcm(args.audio_seconds) + bytes(2 * 16000 * 6 // 10)
+    message_id = avatar.send_audio(clip)
+    _say(
+        args,
+        f"-> audio: {args.audio_seconds:g} s of tone, 0.6 s of silence",
+        event="sent",
+        kind="audio",
+        message_id=message_id,
+    )
+    if not _print_until(args, avatar, lambda m: m.family == "broadcast_end", timeout):
+        _say(args, f"(no spoken answer to the audio within {timeout:g} s)", event="no_reply")
+    avatar.stop_session()
+
+
+def _relay_demo(args: argparse.Namespace) -> int:
+    """The demo through a session host and Redis (``demo --relay``)."""
+    try:
+        from .host import SessionHost
+        from .relay import RelayClient, close_pools
+    except ImportError as exc:
+        raise SystemExit(f"avatar-im demo --relay: {exc}") from exc
+    from .local_redis import local_redis
+
+    timeout = args.timeout
+    # A prefix of its own: a host of a real deployment on the same Redis never takes it.
+    prefix = f"avatar-im-demo-{uuid.uuid4().hex[:8]}"
+    with ExitStack() as stack:
+        url = stack.enter_context(_embedded_server(args))
+        redis_url = args.redis or stack.enter_context(local_redis())
+        if not args.redis:
+            _say(args, f"redis-server at {redis_url}", event="redis", url=redis_url)
+        host = SessionHost(
+            redis_url,
+            url=url,
+            token=args.token,
+            app_id=args.app_id,
+            tenant_id=args.tenant_id,
+            prefix=prefix,
+            max_sessions=1,
+        )
+        stack.enter_context(host)
+        stack.callback(close_pools)
+        _say(args, f"session host {host.host_id} up", event="host", host=host.host_id)
+        session_id = args.session_id or f"demo-{uuid.uuid4().hex[:12]}"
+        avatar = stack.enter_context(RelayClient(redis_url, session_id=session_id, prefix=prefix))
+        _converse(args, avatar)
+        _print_until(args, avatar, lambda m: m.family == "stop_result", min(timeout, 2.0))
+        _say(
+            args,
+            f"done: {host.commands} commands through Redis, sent by the host",
+            event="done",
+            sent=host.commands,
+        )
     return 0
 
 
@@ -812,6 +873,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _redis_url(text: str) -> str:
+    """An argparse type: a redis://, rediss:// or unix:// URL."""
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError("must be a redis://, rediss:// or unix:// URL")
+    return text
+
+
 def _ws_url(text: str) -> str:
     """An argparse type: a ws:// or wss:// URL."""
     if not text.startswith(("ws://", "wss://")):
@@ -890,6 +958,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _add_parser(commands, "demo", "run one conversation", _cmd_demo)
     _add_connection_args(demo)
+    demo.add_argument(
+        "--relay",
+        action="store_true",
+        help="talk through a session host and Redis, as a web worker does (needs [relay]; "
+        "a throwaway redis-server on loopback unless --redis)",
+    )
+    demo.add_argument(
+        "--redis", type=_redis_url, help="the Redis of --relay (default: a throwaway one)"
+    )
     demo.add_argument("--text", type=_text, default="Hello, avatar!", help="the text to send")
     demo.add_argument(
         "--audio-seconds",

@@ -126,6 +126,8 @@ REDIS_TIMEOUT = 1.0
 STALL_SLACK = REDIS_TIMEOUT + 0.25
 #: The seconds a handle waits for a host's result beyond the command's own timeout.
 RESULT_SLACK = 5.0
+#: The family of the service's start result: wait_session_ready()'s, never receive()'s.
+START_RESULT = "start_result"
 #: How many outcomes (acks) and answers a handle remembers.
 MEMORY = 4096
 #: How many buffered candidates one claim of :meth:`RelayClient.receive` offers Redis.
@@ -404,13 +406,14 @@ end
 if won == 0 then return {0, floor} end
 local new = floor
 for _, entry in ipairs(redis.call('XRANGE', ev, '(' .. floor, '+', 'COUNT', 256)) do
-  local kind, asked = nil, nil
+  local kind, asked, family = nil, nil, nil
   local fields = entry[2]
   for j = 1, #fields, 2 do
     if fields[j] == 'k' then kind = fields[j + 1] end
     if fields[j] == 'a' then asked = fields[j + 1] end
+    if fields[j] == 'f' then family = fields[j + 1] end
   end
-  if kind == 'm' and (asked == nil or asked == '')
+  if kind == 'm' and (asked == nil or asked == '') and family ~= 'start_result'
       and not redis.call('ZSCORE', taken, pad(entry[1])) then
     break
   end
@@ -906,7 +909,9 @@ class RelayClient:
         nobody took (unless it was trimmed from the event stream, or the
         handle buffers more than *receive_buffer* untaken ones: it then skips
         the oldest, counted in :attr:`dropped`).  What :meth:`ask` returned
-        is not returned here.  Raises :class:`ReceiveTimeout` after *timeout*.
+        is not returned here, nor the session's ``start_result`` (including a
+        host's restart after a takeover): :meth:`wait_session_ready` has it.
+        Raises :class:`ReceiveTimeout` after *timeout*.
         """
         timeout = require_timeout("timeout", timeout)
         wanted = None if family is None else family_names(family)
@@ -1093,6 +1098,8 @@ class RelayClient:
                         _remember(self._answers, asked, answer)
                     answer[fields.get("p", "r")] = envelope
                     continue
+                if fields.get("f") == START_RESULT:
+                    continue  # wait_session_ready()'s (the host's start outcome), as locally
                 place = stream_id(entry_id)
                 if self._msg_mark is None or place <= self._msg_mark:
                     continue  # no receive() yet, or taken already (under the floor)

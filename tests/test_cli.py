@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +32,14 @@ from avatar_im.server import ReferenceServer
 RUN_TIMEOUT = 6 * TIMEOUT
 
 
-def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """Run ``python -m avatar_im ARGS`` with *stdin*; return the finished process."""
+def run_cli(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m avatar_im ARGS`` with *stdin* (and *env*); return the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "avatar_im", *args],
         input=stdin,
+        env=env,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -109,6 +113,31 @@ def test_demo_json_prints_one_object_per_line() -> None:
     kinds = [e["family"] for e in events if e["event"] == "received"]
     spoken = ["reply", "broadcast_start", "broadcast_end"]
     assert kinds == ["start_result", *spoken, "asr", *spoken, "stop_result"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_demo_relay_talks_through_a_host_and_redis() -> None:
+    """demo --relay: the same conversation through a session host and a throwaway Redis."""
+    pytest.importorskip("redis", reason="needs the 'relay' extra")
+    result = run_cli("demo", "--relay", "--json", "--text", "ping")
+    assert result.returncode == 0, result.stderr
+    events = json_lines(result.stdout)
+    assert [e["event"] for e in events[:3]] == ["server", "redis", "host"]
+    kinds = [e["family"] for e in events if e["event"] == "received"]
+    spoken = ["reply", "broadcast_start", "broadcast_end"]
+    assert kinds == ["start_result", *spoken, "asr", *spoken, "stop_result"]
+    replies = [e["message"]["content"]["text"] for e in events if e.get("family") == "reply"]
+    assert replies[0] == "You said: ping"
+    assert events[-1] == {"event": "done", "sent": 4}
+
+
+def test_demo_relay_without_redis_server_is_one_line(tmp_path: Path) -> None:
+    """No redis-server on the PATH: one line naming what to install, exit 1."""
+    pytest.importorskip("redis", reason="needs the 'relay' extra")
+    env = {**os.environ, "PATH": str(tmp_path)}
+    result = run_cli("demo", "--relay", env=env)
+    assert result.returncode == 1
+    assert "redis-server" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_verbose_logs_to_stderr() -> None:

@@ -196,6 +196,21 @@ def test_filtered_receive_leaves_the_rest_for_a_later_handle(
         assert _drain(url, "filtered", 0.2) == [], "what a handle took came again"
 
 
+def test_receive_never_returns_the_start_result(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """As locally, the session's start_result is wait_session_ready()'s, not receive()'s."""
+    url = redis_server.url
+    with hosts(url, avatar_server, 1):
+        avatar = _started(url, "no-start")
+        avatar.wait_ack(avatar.send_text("hi"), TIMEOUT)
+        assert avatar.receive(TIMEOUT).family == "reply"
+        avatar.wait_ack(avatar.start_session(), TIMEOUT)  # a restart: its result too
+        rest = _drain(url, "no-start")
+        assert "start_result" not in [m.family for m in rest], rest
+        avatar.close()
+
+
 def test_taken_entries_stay_bounded(
     redis_server: RedisProcess, avatar_server: ReferenceServer
 ) -> None:
