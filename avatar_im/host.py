@@ -116,6 +116,9 @@ _thread_ids = itertools.count(1)
 
 #: How many texts a session's host remembers as waiting for their reply.
 MAX_WAITING_REPLIES = 10_000
+#: Seconds past its deadline a text still waits for a late reply (which then goes to
+#: ``receive()``), unless a later text is acknowledged first: the client's ``LATE_WINDOW``.
+LATE_WINDOW = 30.0
 #: How many messages of one session may wait to be published (Redis down, or the lease
 #: not confirmed); beyond, the oldest is dropped (counted in ``publish_dropped``).
 MAX_UNPUBLISHED = 4096
@@ -289,6 +292,16 @@ class PresetIds(MessageIdFactory):
         return super().new(now_ms)
 
 
+@attrs.define(eq=False)
+class _Slot:
+    """A text sent whose reply has not come (a lane's ``asks``; guarded by the lane's lock)."""
+
+    mid: str
+    deadline: float  # monotonic: its ask gives up then (a plain text: reply_window)
+    asked: bool  # an ask() waits for it (its reply is marked as the answer)
+    acked: bool = False  # the service acknowledged the text
+
+
 class _LaneFailed(Exception):
     """The lane's client closed for good: the lane gives the session up."""
 
@@ -310,8 +323,9 @@ class _Lane:
     # The lane thread's own: sent and waiting for their ack, and outcomes to record.
     inflight: deque[tuple[str, str, str]] = attrs.field(factory=deque)  # entry, mid, op
     done: list[tuple[str, str, Any, Any, str]] = attrs.field(factory=list)
-    # The texts sent whose reply has not come: (mid, deadline, asked), oldest first.
-    asks: deque[tuple[str, float, bool]] = attrs.field(factory=deque)
+    # The texts sent whose reply has not come, oldest first, and how many are acked.
+    asks: deque[_Slot] = attrs.field(factory=deque)
+    asks_acked: int = 0
     await_start: deque[tuple[str, float]] = attrs.field(factory=deque)
     sentences: dict[str | None, str] = attrs.field(factory=dict)
     sent: RecentIds = attrs.field(factory=lambda: RecentIds(8192))
@@ -950,6 +964,31 @@ class SessionHost:
         client.on("message", lambda message: self._on_message(lane, message))
         client.on("event", lambda event: self._queue(lane, {"k": "v", "e": _json(event.raw)}))
 
+    def _idle_on_arrival(self, lane: _Lane, meta: Mapping[str, str]) -> bool:
+        """Let a session go at once, unconnected, if it was idle (or stopped) before it came.
+
+        A session's idle time counts from its last command (``used``, written with each
+        one), not from when this host took it: a takeover or a restart does not make an
+        abandoned session (and its paid instance) live longer.  True when it was let go.
+        """
+        try:
+            used_ms = int(meta.get("used") or 0)
+        except ValueError:
+            used_ms = 0
+        if used_ms:
+            idle_for = max(0.0, time.time() - used_ms / 1000)
+            lane.last_used = time.monotonic() - min(idle_for, 2 * self.idle_timeout)
+        if meta.get("state") != "stopped" and (
+            not used_ms or time.monotonic() - lane.last_used <= self.idle_timeout
+        ):
+            return False
+        if not self._end(lane):
+            return False  # commands wait: the lane runs them
+        instance = meta.get("instance")
+        if instance and self._openapi is not None:
+            self._stop_instance(lane.session_id, instance)
+        return True
+
     def _instance(self, lane: _Lane, meta: Mapping[str, str]) -> Any:
         """The running cloud instance of *lane*'s session: the one in its meta, or a new one.
 
@@ -1011,6 +1050,9 @@ class SessionHost:
         ended = False
         try:
             if self._stop.is_set():
+                return
+            if self._idle_on_arrival(lane, meta):
+                ended = True
                 return
             self._open_lane(lane, meta)
             ended = self._lane_loop(lane)
@@ -1162,11 +1204,11 @@ class SessionHost:
                 self._done(lane, entry_id, mid, None, {"result": dict(result.raw)})
             elif op == "text":
                 ask = body.get("ask")
-                window = self.reply_window if ask is None else float(ask) + 1.0
+                window = self.reply_window if ask is None else float(ask)
                 with lane.lock:  # a reply cannot be filed before its text is
-                    lane.asks.append((mid, time.monotonic() + window, ask is not None))
+                    lane.asks.append(_Slot(mid, time.monotonic() + window, ask is not None))
                     while len(lane.asks) > MAX_WAITING_REPLIES:
-                        lane.asks.popleft()
+                        _drop_slot(lane)
                     try:
                         with lane.ids.use(mid):
                             client.send_text(str(body.get("text", "")))
@@ -1265,6 +1307,8 @@ class SessionHost:
             lane.inflight.popleft()
             if op == "stop" and error is None:
                 lane.state = "stopped"
+            if op == "text":
+                _text_acked(lane, mid, refused=error is not None)
             self._done(lane, entry_id, mid, error)
             wait = 0
 
@@ -1385,11 +1429,21 @@ class SessionHost:
         now = time.monotonic()
         with lane.lock:
             if message.family == "reply":
-                while lane.asks and lane.asks[0][1] < now:
-                    lane.asks.popleft()
+                # The client's rule (AvatarIM.ask): a reply is the oldest waiting text's.
+                # A text whose ask gave up still takes a late reply (then for receive()),
+                # until a later text is acknowledged, or LATE_WINDOW passes.
+                while lane.asks:
+                    head = lane.asks[0]
+                    later_acked = lane.asks_acked - (1 if head.acked else 0) > 0
+                    if now > head.deadline + LATE_WINDOW or (now > head.deadline and later_acked):
+                        _drop_slot(lane)
+                        continue
+                    break
                 if lane.asks:
-                    mid, _, asked = lane.asks.popleft()
-                    if asked:
+                    slot = lane.asks[0]
+                    _drop_slot(lane)
+                    if slot.asked and now <= slot.deadline:
+                        mid = slot.mid
                         fields.update(a=mid, p="r")
                         lane.await_start.append((mid, now + 120.0))
                         while len(lane.await_start) > 256:
@@ -1533,6 +1587,28 @@ class SessionHost:
                     self.published += n
             if more:
                 self._mark(lane)
+
+
+def _drop_slot(lane: _Lane) -> None:
+    """Drop the oldest waiting text (the lane's lock held)."""
+    slot = lane.asks.popleft()
+    if slot.acked:
+        lane.asks_acked -= 1
+
+
+def _text_acked(lane: _Lane, mid: str, *, refused: bool) -> None:
+    """On the lane thread: text *mid* was acknowledged (or refused: no reply will come)."""
+    with lane.lock:
+        for slot in lane.asks:
+            if slot.mid == mid:
+                if refused:
+                    lane.asks.remove(slot)
+                    if slot.acked:
+                        lane.asks_acked -= 1
+                elif not slot.acked:
+                    slot.acked = True
+                    lane.asks_acked += 1
+                break
 
 
 def _empty_inbox(client: AvatarIM | None, buffered: bool) -> None:

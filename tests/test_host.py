@@ -528,3 +528,72 @@ def test_a_host_stopped_past_its_lease_publishes_nothing_twice(
             assert not {m for m, n in acks.items() if n > 1}, f"{sid}: an ack recorded twice"
     finally:
         r.close()
+
+
+# ------------------------------------------------------------- replies and asks
+
+
+def _slow_or_silent(text: str) -> str | None:
+    """The service's reply: after 1.5 s to texts starting 'slow', none to 'none' texts."""
+    if text.startswith("slow"):
+        time.sleep(1.5)
+    if text.startswith("none"):
+        return None
+    return f"You said: {text}"
+
+
+def test_a_late_reply_goes_to_receive_and_a_missing_one_blocks_nothing(
+    redis_server: RedisProcess,
+) -> None:
+    """The client's ask() rule through the relay: no ask gets the reply of another.
+
+    A reply that comes after its ask gave up (and before a later text's ack) is its
+    text's, for receive(); a text that never gets a reply stops taking replies once a
+    later text is acknowledged, so the asks after it get their own.
+    """
+    from avatar_im import AskTimeout
+
+    with (
+        ReferenceServer(
+            host="127.0.0.1", port=0, reply=_slow_or_silent, speaking_base=0.01, speaking_rate=1000
+        ) as server,
+        hosts(redis_server.url, server, 1),
+        RelayClient(redis_server.url, session_id="late") as avatar,
+    ):
+        avatar.start_session()
+        avatar.wait_session_ready(TIMEOUT)
+        with pytest.raises(AskTimeout):
+            avatar.ask("slow A", timeout=0.5)
+        assert avatar.ask("B", timeout=TIMEOUT).text == "You said: B"
+        assert avatar.receive(TIMEOUT, family="reply").text == "You said: slow A"
+        with pytest.raises(AskTimeout):
+            avatar.ask("none X", timeout=0.5)
+        for i in range(3):
+            assert avatar.ask(f"D{i}", timeout=TIMEOUT).text == f"You said: D{i}"
+
+
+def test_a_takeover_does_not_restart_the_idle_clock(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """A session idle past idle_timeout when a host takes it is let go, never reconnected."""
+    url = redis_server.url
+    first = SessionHost(
+        url, url=avatar_server.url, host_id="i1", idle_timeout=1.0, lease_ttl=1.0
+    ).start()
+    try:
+        avatar = RelayClient(url, session_id="abandoned")
+        avatar.start_session()
+        avatar.wait_session_ready(TIMEOUT)
+        assert avatar.ask("last words", timeout=TIMEOUT).text == "You said: last words"
+    finally:
+        first.close(timeout=0.5)  # lets the session go unended: the next host takes it
+    connections = avatar_server.stats.connections_total
+    assert avatar.hosted()
+    time.sleep(1.2)  # the visitor is gone: the session ages past idle_timeout, unheld
+    with SessionHost(
+        url, url=avatar_server.url, host_id="i2", idle_timeout=1.0, lease_ttl=1.0
+    ) as second:
+        assert wait_until(lambda: not avatar.hosted(), TIMEOUT * 2)
+        assert second.sessions == []
+    assert avatar_server.stats.connections_total == connections, "it was connected again"
+    avatar.close()
