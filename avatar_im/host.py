@@ -72,7 +72,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
 
@@ -100,6 +100,7 @@ from .relay import (
     DEFAULT_PREFIX,
     GROUP,
     Keys,
+    RelayUnavailableError,
     check_redis_url,
     import_redis,
     redis_down_errors,
@@ -510,13 +511,27 @@ class SessionHost:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> SessionHost:
-        """Start the reader, the keeper and the publisher; returns the host."""
+        """Start the reader, the keeper and the publisher; returns the host.
+
+        Raises :class:`~avatar_im.relay.RelayUnavailableError` when Redis cannot be
+        reached, refuses the credentials or the call (nothing is left running then).
+        """
         if self._threads or self._stop.is_set():
             return self
+        redis = import_redis()
         r = self._r()
-        with contextlib.suppress(Exception):  # BUSYGROUP: it exists
-            r.xgroup_create(self._keys.ctl, GROUP, id="0", mkstream=True)
-        self._renew()  # the heartbeat, so that relays see the room at once
+        try:
+            with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
+                r.xgroup_create(self._keys.ctl, GROUP, id="0", mkstream=True)
+            self._renew()  # the heartbeat, so that relays see the room at once
+        except redis.AuthenticationError as exc:
+            self._redis.close()
+            raise RelayUnavailableError("Redis refused the host's credentials") from exc
+        except redis.RedisError as exc:  # down, or refusing (a DB index out of range...)
+            self._redis.close()
+            raise RelayUnavailableError(
+                f"the host cannot use Redis: {' '.join(str(exc).split())}"
+            ) from exc
         for name, target in (
             ("reader", self._read),
             ("keeper", self._keep),
@@ -1780,39 +1795,88 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _lease(text: str) -> float:
+    """An argparse type: a lease of 0.3 s to a day."""
+    value = _seconds(text)
+    if value < 0.3:
+        raise argparse.ArgumentTypeError(f"must be at least 0.3 seconds, got {text!r}")
+    return value
+
+
+def _redis_url(text: str) -> str:
+    """An argparse type: a Redis URL (checked as SessionHost checks it)."""
+    try:
+        return check_redis_url(text, "the URL")
+    except AvatarIMError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nonempty(text: str) -> str:
+    """An argparse type: a non-empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``avatar-im host``'s options to *parser*."""
     env = os.environ
-    parser.add_argument("--redis", required=True, help="Redis URL (redis://host:6379/0)")
+    fixed = "not used on the cloud path"
+    parser.add_argument(
+        "--redis", required=True, type=_redis_url, help="Redis URL (redis://host:6379/0)"
+    )
     parser.add_argument(
         "--url",
-        default=env.get("AVATAR_IM_URL"),
+        type=_nonempty,
+        default=env.get("AVATAR_IM_URL") or None,
         help="the avatar service's IM endpoint (default: AVATAR_IM_URL from the environment; "
         "with ALIBABA_CLOUD_ACCESS_KEY_ID set, the cloud's)",
     )
     parser.add_argument(
         "--token",
+        type=_nonempty,
         default=None,
-        help="IM token (default: AVATAR_IM_TOKEN from the environment, else dev-token)",
+        help=f"IM token (default: AVATAR_IM_TOKEN from the environment, else dev-token; {fixed})",
     )
     parser.add_argument(
         "--app-id",
+        type=_nonempty,
         default=env.get("AVATAR_IM_APP_ID", "demo-app"),
-        help="app id (AVATAR_IM_APP_ID)",
+        help="app id (AVATAR_IM_APP_ID; on the cloud path, the OpenAPI's app)",
     )
     parser.add_argument(
         "--tenant-id",
+        type=_nonempty,
         default=env.get("AVATAR_IM_TENANT_ID", "demo-tenant"),
-        help="tenant id (AVATAR_IM_TENANT_ID)",
+        help="tenant id (AVATAR_IM_TENANT_ID; on the cloud path, the OpenAPI's tenant)",
     )
     parser.add_argument("--max-sessions", type=_count, default=100, help="sessions held at most")
-    parser.add_argument("--lease-ttl", type=_seconds, default=10.0, help="seconds a lease lasts")
+    parser.add_argument(
+        "--lease-ttl", type=_lease, default=10.0, help="seconds a lease lasts (>= 0.3)"
+    )
     parser.add_argument(
         "--idle-timeout", type=_seconds, default=600.0, help="idle session stop (s)"
     )
     parser.add_argument("--events-maxlen", type=_count, default=10_000, help="event stream cap")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the Redis keys' prefix")
-    parser.add_argument("--host-id", help="this host's consumer name (default: host-pid-random)")
+    parser.add_argument(
+        "--prefix", type=_nonempty, default=DEFAULT_PREFIX, help="the Redis keys' prefix"
+    )
+    parser.add_argument(
+        "--host-id",
+        type=_nonempty,
+        help="this host's consumer name (default: hostname-pid-random hex)",
+    )
+
+
+def shown_redis_url(url: str) -> str:
+    """*url* fit to print: no user or password, and no ``password`` in its query."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{key}=***" if "pass" in key.lower() else f"{key}={value}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1840,20 +1904,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, openapi: Any) -> int:
-    host = SessionHost(
-        args.redis,
-        openapi=openapi,
-        url=args.url,
-        token=args.token or os.environ.get("AVATAR_IM_TOKEN") or "dev-token",
-        app_id=args.app_id,
-        tenant_id=args.tenant_id,
-        max_sessions=args.max_sessions,
-        lease_ttl=args.lease_ttl,
-        idle_timeout=args.idle_timeout,
-        events_maxlen=args.events_maxlen,
-        prefix=args.prefix,
-        host_id=args.host_id,
-    )
+    try:
+        host = SessionHost(
+            args.redis,
+            openapi=openapi,
+            url=args.url,
+            token=args.token or os.environ.get("AVATAR_IM_TOKEN") or "dev-token",
+            app_id=args.app_id,
+            tenant_id=args.tenant_id,
+            max_sessions=args.max_sessions,
+            lease_ttl=args.lease_ttl,
+            idle_timeout=args.idle_timeout,
+            events_maxlen=args.events_maxlen,
+            prefix=args.prefix,
+            host_id=args.host_id,
+        )
+    except (InvalidArgumentError, InvalidArgumentTypeError) as exc:  # a usage error
+        sys.stderr.write(f"avatar-im host: {' '.join(str(exc).split())}\n")
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -1862,11 +1930,9 @@ def _serve(args: argparse.Namespace, openapi: Any) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host.start()
-    shown = urlsplit(args.redis)._replace(
-        netloc=urlsplit(args.redis).netloc.rpartition("@")[2]  # no credentials on the screen
-    )
+    shown = shown_redis_url(args.redis)  # no credentials on the screen
     where = "instances through the OpenAPI, " if openapi is not None else ""
-    sys.stdout.write(f"avatar-im host {host.host_id}: {where}serving {urlunsplit(shown)}\n")
+    sys.stdout.write(f"avatar-im host {host.host_id}: {where}serving {shown}\n")
     sys.stdout.flush()
     try:
         while not stop.wait(1.0):
@@ -1877,14 +1943,10 @@ def _serve(args: argparse.Namespace, openapi: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m avatar_im.host --redis URL``."""
-    parser = argparse.ArgumentParser(prog="avatar-im host", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run(args)
+    """``python -m avatar_im.host --redis URL``: the same as ``avatar-im host``."""
+    from .cli import main as cli_main
+
+    return cli_main(["host", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

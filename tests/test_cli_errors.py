@@ -228,3 +228,53 @@ def test_host_numbers_are_usage_errors_and_help_shows_no_secret() -> None:
     assert result.returncode == 2 and "argument --lease-ttl" in result.stderr
     result = run_cli("host", "--help", env={"AVATAR_IM_TOKEN": "sekrit-token-123"})
     assert result.returncode == 0 and "sekrit-token-123" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--redis", "http://127.0.0.1:1"], "--redis"),
+        (["--redis", "redis://127.0.0.1:1", "--token", ""], "--token"),
+        (["--redis", "redis://127.0.0.1:1", "--lease-ttl", "0.1"], "--lease-ttl"),
+        (["--redis", "redis://127.0.0.1:1", "--prefix", ""], "--prefix"),
+        (["--redis", "redis://127.0.0.1:1", "--host-id", ""], "--host-id"),
+        (["--redis", "redis://127.0.0.1:1", "--url", "http://127.0.0.1:1/ws"], "url"),
+    ],
+)
+def test_host_bad_values_are_one_line_usage_errors(args: list[str], flag: str) -> None:
+    """Each wrong host value: exit 2, one line naming it, no traceback (both entry points)."""
+    env = {"AVATAR_IM_URL": "ws://127.0.0.1:1/ws", "ALIBABA_CLOUD_ACCESS_KEY_ID": ""}
+    for command in (
+        [sys.executable, "-m", "avatar_im", "host"],
+        [sys.executable, "-m", "avatar_im.host"],
+    ):
+        result = subprocess.run(
+            [*command, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and flag in lines[0], lines
+
+
+def test_host_without_redis_is_one_line() -> None:
+    """No Redis at the URL: one line saying the host cannot use Redis, exit 1."""
+    result = run_cli(
+        "host", "--redis", "redis://127.0.0.1:1/0", env={"AVATAR_IM_URL": "ws://127.0.0.1:1/ws"}
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot use Redis" in lines[0], lines
+
+
+def test_host_never_prints_a_redis_password() -> None:
+    from avatar_im.host import shown_redis_url
+
+    shown = shown_redis_url("rediss://user:hunter2@db:6380/1?password=hunter2&ssl_cert_reqs=none")
+    assert "hunter2" not in shown and shown.startswith("rediss://db:6380/1?")
+    assert "ssl_cert_reqs=none" in shown
