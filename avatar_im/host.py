@@ -235,13 +235,15 @@ return 1
 # Read the new commands of the sessions whose lease this host holds (and only of those: a host
 # that stalled past its lease takes nothing from the new owner).  KEYS: a command stream and
 # a lease per session; ARGV: host id, count.  Returns per session its entries read (a list,
-# maybe empty), or 0 when the lease is not this host's.
+# maybe empty), or 0 when the lease is not this host's.  ARGV[2 + k] is where session k is
+# read from: '>' (new entries), or an entry id (this host's pending entries after it: what
+# it took in a read whose reply was lost).
 _READ = """
 local out = {}
 for i = 1, #KEYS, 2 do
   if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
     local read = {'XREADGROUP', 'GROUP', 'hosts', ARGV[1], 'COUNT', ARGV[2],
-                  'STREAMS', KEYS[i], '>'}
+                  'STREAMS', KEYS[i], ARGV[2 + (i + 1) / 2]}
     local got = redis.pcall(unpack(read))
     if type(got) == 'table' and got.err then
       redis.pcall('XGROUP', 'CREATE', KEYS[i], 'hosts', '0', 'MKSTREAM')
@@ -341,6 +343,7 @@ class _Lane:
     pub_seq: int = 0  # the seq of the last entry put in pubq
     reading: bool = False  # the reader reads its command stream
     read_pos: str = "0-0"  # the reader's: the last entry of its command stream seen
+    taken_pos: str = "0-0"  # the reader's: the last entry of it taken (queued for the lane)
     # Guarded by the host's _lock: the lane is letting the session go (its _END runs or
     # ran), and the control entry of the session started again meanwhile (held after).
     ending: bool = False
@@ -507,6 +510,8 @@ class SessionHost:
         self.publish_dropped = 0
         #: sessions started again while this host let them go, held once it had
         self.deferred = 0
+        #: control entries dropped and commands refused: garbage in Redis (see the log)
+        self.garbage = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -675,6 +680,9 @@ class SessionHost:
         read_ctl = True  # the control stream may have entries for this host
         ready: set[_Lane] = set()  # lanes whose streams may have entries to take
         known: set[_Lane] = set()
+        # Lanes whose last read may have lost its reply (a Redis error): their entries
+        # given to this host are taken again, before any new one, so none is skipped.
+        again: set[_Lane] = set()
         sweep_at = 0.0
         while not self._stop.is_set():
             try:
@@ -699,10 +707,14 @@ class SessionHost:
                         for entry_id, fields in entries:
                             ctl_pos = _later(ctl_pos, entry_id)
                             if fields is not None:
-                                self._adopt(entry_id, fields.get("sid", ""))
+                                self._adopt_safely(entry_id, fields.get("sid", ""))
                 now = time.monotonic()
                 live = [lane for lane in lanes if lane.valid_until > now]
-                todo = [lane for lane in live if lane in ready]
+                again &= known
+                redo = [lane for lane in live if lane in again]
+                if redo:
+                    again.difference_update(self._read_commands(r, redo, again=True))
+                todo = [lane for lane in live if lane in ready and lane not in again]
                 if todo:
                     ready.difference_update(self._read_commands(r, todo))
                 waits = {keys.cmd(lane.session_id): lane.read_pos for lane in live}
@@ -728,6 +740,7 @@ class SessionHost:
                     return
                 logger.warning("host %s: Redis unreachable (%s); retrying", self.host_id, exc)
                 ready.update(known)
+                again.update(known)
                 read_ctl = True
                 self._pause(0.2)
             except Exception:
@@ -735,11 +748,17 @@ class SessionHost:
                     return
                 logger.exception("host %s: the reader failed; retrying", self.host_id)
                 ready.update(known)
+                again.update(known)
                 read_ctl = True
                 self._pause(0.5)
 
-    def _read_commands(self, r: Any, lanes: list[_Lane]) -> list[_Lane]:
-        """Take the new commands of *lanes* whose lease is this host's; return those read."""
+    def _read_commands(self, r: Any, lanes: list[_Lane], *, again: bool = False) -> list[_Lane]:
+        """Take the new commands of *lanes* whose lease is this host's; return those read.
+
+        With *again*, take instead the entries this host was given after the last one it
+        queued (``taken_pos``): after a Redis error the reply of a read may have been lost
+        with entries in it, which are pending to this host and would never come again.
+        """
         keys = self._keys
         got = r.eval(
             _READ,
@@ -749,6 +768,7 @@ class SessionHost:
             ),
             self.host_id,
             200,
+            *((lane.taken_pos if again else ">") for lane in lanes),
         )
         read: list[_Lane] = []
         for lane, entries in zip(lanes, got or [], strict=False):
@@ -760,6 +780,7 @@ class SessionHost:
             commands: list[tuple[str, dict[str, str]]] = []
             for entry_id, flat in entries:
                 lane.read_pos = _later(lane.read_pos, entry_id)
+                lane.taken_pos = _later(lane.taken_pos, entry_id)
                 if flat:
                     commands.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
             if commands:
@@ -840,7 +861,7 @@ class SessionHost:
             with self._lock:
                 self._waiting.pop(ctl_id, None)
             if now < give_up:
-                self._adopt(ctl_id, session_id, give_up=give_up)
+                self._adopt_safely(ctl_id, session_id, give_up=give_up)
         room = self._room()
         if room <= 0:
             return
@@ -858,10 +879,38 @@ class SessionHost:
             for entry_id, fields in entries:
                 if fields is not None:
                     logger.info("host %s: claimed idle session %s", self.host_id, fields.get("sid"))
-                    self._adopt(entry_id, fields.get("sid", ""), takeover=True)
+                    self._adopt_safely(entry_id, fields.get("sid", ""), takeover=True)
             room = self._room()
             if start == "0-0" or room <= 0:
                 break
+
+    def _adopt_safely(self, ctl_id: str, session_id: object, **options: Any) -> None:
+        """:meth:`_adopt`, but a session whose keys hold garbage is dropped, not retried.
+
+        Anything but Redis being down (a key of the wrong type, a malformed entry) is
+        logged, counted in :attr:`garbage`, and its control entry removed, so that one
+        bad session never stops the host from taking the others.
+        """
+        try:
+            if not isinstance(session_id, str):
+                raise TypeError(f"a session id that is not a str: {session_id!r}")
+            self._adopt(ctl_id, session_id, **options)
+        except redis_down_errors():
+            raise
+        except Exception as exc:
+            with self._lock:
+                self.garbage += 1
+            logger.warning(
+                "host %s: dropping control entry %s (session %r): %s",
+                self.host_id,
+                ctl_id,
+                session_id,
+                exc,
+            )
+            with contextlib.suppress(Exception):
+                r = self._r()
+                r.xack(self._keys.ctl, GROUP, ctl_id)
+                r.xdel(self._keys.ctl, ctl_id)
 
     def _adopt(
         self,
@@ -1120,6 +1169,7 @@ class SessionHost:
                 break
         pending.sort(key=lambda item: stream_id(item[0]))
         if pending:
+            lane.taken_pos = pending[-1][0]
             logger.info(
                 "host %s: session %s: replaying %d command(s)",
                 self.host_id,
@@ -1129,7 +1179,17 @@ class SessionHost:
         first = pending[0][1].get("op") if pending else None
         if lane.state == "started" and first != "start":
             # It was started on the host before: start it again, with its options.
-            options = json.loads(meta.get("options") or "{}")
+            try:
+                options = json.loads(meta.get("options") or "{}")
+            except ValueError:
+                options = None
+            if not isinstance(options, dict):
+                logger.warning(
+                    "host %s: session %s: its options in Redis are garbled; starting without",
+                    self.host_id,
+                    lane.session_id,
+                )
+                options = {}
             assert lane.client is not None
             lane.client.start_session(**options)
             self._wait_ready(lane)
@@ -1261,6 +1321,15 @@ class SessionHost:
         except AvatarIMError as exc:
             self._done(
                 lane, entry_id, mid, {"type": "error", "detail": f"{type(exc).__name__}: {exc}"}
+            )
+        except (TypeError, ValueError, AttributeError) as exc:  # a forged or garbled command
+            with self._lock:
+                self.garbage += 1
+            logger.warning(
+                "host %s: session %s: a malformed command: %s", self.host_id, lane.session_id, exc
+            )
+            self._done(
+                lane, entry_id, mid, {"type": "invalid", "detail": f"a malformed command: {exc}"}
             )
 
     def _interrupt(self, lane: _Lane, entry_id: str, mid: str, body: dict[str, Any]) -> None:

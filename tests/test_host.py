@@ -597,3 +597,78 @@ def test_a_takeover_does_not_restart_the_idle_clock(
         assert second.sessions == []
     assert avatar_server.stats.connections_total == connections, "it was connected again"
     avatar.close()
+
+
+def test_a_read_whose_reply_is_lost_loses_and_reorders_nothing(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """Redis ran the host's read of commands but its reply was lost (a socket timeout).
+
+    The entries are pending to the host then, and never come again through ``>``: the
+    host takes them again after the error, before anything newer.  The fault is put
+    between the host's Redis client and the host (Redis itself runs the call).
+    """
+    import redis as redis_lib
+
+    from avatar_im import host as host_module
+
+    with hosts(redis_server.url, avatar_server, 1) as (host,):
+        real_eval = host._redis.eval
+        lose = [1]
+
+        def eval_losing_one_reply(script: str, *args: Any, **kwargs: Any) -> Any:
+            out = real_eval(script, *args, **kwargs)
+            if (
+                script is host_module._READ
+                and lose[0]
+                and any(isinstance(e, list) and e for e in out)
+            ):
+                lose[0] -= 1
+                raise redis_lib.TimeoutError("Timeout reading from socket (the reply was lost)")
+            return out
+
+        host._redis.eval = eval_losing_one_reply
+        with RelayClient(redis_server.url, session_id="lost-read") as avatar:
+            avatar.start_session()
+            avatar.wait_session_ready(TIMEOUT)
+            avatar.wait_ack(avatar.send_text("t0"), TIMEOUT)
+            lose[0] = 1
+            ids = [avatar.send_text(f"t{i}") for i in range(1, 6)]
+            for message_id in ids:
+                avatar.wait_ack(message_id, TIMEOUT)
+        assert lose[0] == 0, "the fault never fired"
+    snapshot = avatar_server.session("lost-read")
+    assert snapshot is not None and list(snapshot.texts) == [f"t{i}" for i in range(6)]
+
+
+def test_garbage_in_redis_is_dropped_and_counted_never_blocking_real_sessions(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """A third party's garbage: control entries of broken sessions, a forged command."""
+    r = _redis(redis_server.url)
+    with hosts(redis_server.url, avatar_server, 1, lease_ttl=1.0) as (host,):
+        # A session whose meta is a key of the wrong type, announced to the hosts.
+        r.set("avatar-im:s:poison:meta", "not a hash")
+        r.xadd("avatar-im:ctl", {"sid": "poison"})
+        r.xadd("avatar-im:ctl", {"nosid": "x"})
+        avatar = RelayClient(redis_server.url, session_id="real")
+        avatar.start_session()
+        avatar.wait_session_ready(TIMEOUT)
+        # A forged command in the real session's stream: start options that are a str.
+        r.xadd(
+            "avatar-im:s:real:cmd", {"op": "start", "mid": "forged-1", "body": '{"options": "x"}'}
+        )
+        from avatar_im import InvalidArgumentError as Invalid
+
+        with pytest.raises(Invalid, match="malformed"):
+            avatar.wait_ack("forged-1", TIMEOUT)
+        assert avatar.ask("still here", timeout=TIMEOUT).text == "You said: still here"
+        assert wait_until(lambda: host.garbage >= 2, TIMEOUT), host.garbage
+        assert sorted(host.sessions) == ["real"]
+        assert {t.name.rsplit("-", 1)[0] for t in host.threads} >= {
+            "avatar-im-host-reader",
+            "avatar-im-host-keeper",
+            "avatar-im-host-publisher",
+        }
+        avatar.close()
+    r.close()
