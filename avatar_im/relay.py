@@ -115,6 +115,15 @@ DEFAULT_PREFIX = "avatar-im"
 GROUP = "hosts"
 #: The longest session id accepted (it is part of Redis key names).
 MAX_SESSION_ID = 200
+#: The longest message id a send accepts (passed with *message_id*).
+MAX_MESSAGE_ID = 200
+#: The bytes a host's client may add around a command's body when it makes the ``5``
+#: frame, beyond the body's JSON and its message id's: the envelope's constant part
+#: (141 bytes: ``receiverId``, ``receiverType``, ``sticky``, the content's ``type``), the
+#: host's ``receiverAppId`` and the service's ``sessionId`` (unknown here, 371 bytes left for
+#: both).  A send whose body and id with this allowance exceed *max_message_size* is refused
+#: at the call, as the client refuses a frame over its limit.
+ENVELOPE_ALLOWANCE = 512
 #: How long a handle retries a Redis call that failed for the connection, by default (s).
 REDIS_RETRY = 5.0
 #: The longest one Redis round trip of a handle may take, by default: the socket timeout
@@ -137,7 +146,9 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class RelayUnavailableError(ConnectionFailedError):
-    """Redis could not be reached (or kept failing) for the call's whole retry window.
+    """Redis could not be reached (or kept failing) for the call's whole retry window,
+    or it refused the call (not retried): the credentials of the URL, a database
+    number out of range, or any other error reply.
 
     :attr:`message_id` is the id of the command the call was making, when it
     was making one: it may or may not be in Redis.  Sending it again with the
@@ -151,7 +162,8 @@ class RelayUnavailableError(ConnectionFailedError):
 
 
 class HostsFullError(OutboxFullError):
-    """No live host has room for another session (each holds at most ``max_sessions``)."""
+    """No live host has room for another session (each holds at most ``max_sessions``),
+    or no host is live at all under the handle's prefix (the message says which)."""
 
 
 class Keys:
@@ -274,7 +286,10 @@ def check_redis_url(url: object, name: str = "redis_url") -> str:
     """Validate a relay Redis URL at the call; return it.
 
     A str with the scheme ``redis://``, ``rediss://`` (TLS) or ``unix://`` that redis-py
-    can parse: :class:`~avatar_im.InvalidArgumentTypeError` for a non-str,
+    can parse, and for ``redis://`` and ``rediss://`` a path that is empty (or ``/``) or
+    ``/<database number>`` (redis-py reads any other path as database 0, silently; a
+    number Redis does not have is refused at the first call, by Redis):
+    :class:`~avatar_im.InvalidArgumentTypeError` for a non-str,
     :class:`~avatar_im.InvalidArgumentError` otherwise.  The errors never repeat the URL,
     which may carry a password.
     """
@@ -284,10 +299,18 @@ def check_redis_url(url: object, name: str = "redis_url") -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:
         raise InvalidArgumentError(f"{name} is not a URL: {exc}") from None
-    if parts.scheme.lower() not in REDIS_SCHEMES:
+    scheme = parts.scheme.lower()
+    if scheme not in REDIS_SCHEMES:
         got = f"the scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         raise InvalidArgumentError(
             f"{name} must start with redis://, rediss:// or unix://, got {got}"
+        )
+    number = parts.path[1:]
+    if scheme != "unix" and parts.path not in ("", "/") and not _is_db_number(number):
+        # redis-py would ignore a path it cannot read as a number: database 0, silently.
+        raise InvalidArgumentError(
+            f"{name}'s path must be empty or /<database number> (a whole number >= 0, as "
+            "in redis://host:6379/0), got a path that is not"
         )
     try:
         from redis.connection import parse_url
@@ -304,6 +327,10 @@ def check_redis_url(url: object, name: str = "redis_url") -> str:
     return url
 
 
+def _is_db_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def redis_down_errors() -> tuple[type[BaseException], ...]:
     """The ``redis`` exceptions that mean "Redis is unreachable now" (retried).
 
@@ -313,10 +340,60 @@ def redis_down_errors() -> tuple[type[BaseException], ...]:
     return (redis.ConnectionError, redis.TimeoutError)
 
 
+def _refused_credentials(redis: Any, exc: BaseException) -> bool:
+    if isinstance(
+        exc, (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
+    ):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))
+
+
+def redis_refusal(
+    what: str, exc: BaseException, message_id: str | None = None
+) -> RelayUnavailableError | None:
+    """The typed error for a Redis error that retrying does not mend, or None.
+
+    None for what is not a ``redis`` error and for "Redis is down"
+    (:func:`redis_down_errors`, retried by the callers); a
+    :class:`RelayUnavailableError` otherwise: Redis refused the credentials of the URL
+    (a wrong or missing password or user: redis-py's ``AuthenticationError``, although
+    a ``ConnectionError``, and a ``NOAUTH`` reply), or refused the call (an error reply,
+    ``DB index is out of range``...).  The message holds Redis's reason, never the URL.
+    """
+    redis = import_redis()
+    if not isinstance(exc, redis.RedisError):
+        return None
+    if _refused_credentials(redis, exc):
+        return RelayUnavailableError(
+            f"{what}: Redis refused the credentials of the Redis URL (a wrong or missing "
+            f"password, or user?): {exc}",
+            message_id=message_id,
+        )
+    if isinstance(exc, redis_down_errors()):
+        return None
+    return RelayUnavailableError(
+        f"{what}: Redis refused the call ({type(exc).__name__}, not retried): {exc}",
+        message_id=message_id,
+    )
+
+
 def stream_id(value: str) -> tuple[int, int]:
     """A stream entry id ``"<ms>-<seq>"`` as a comparable pair."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
+
+
+def check_message_id(message_id: object) -> str:
+    """Validate a message id passed to a send: a non-empty printable str, not too long."""
+    if not isinstance(message_id, str):
+        raise InvalidArgumentTypeError(f"message_id must be a str, got {type(message_id).__name__}")
+    if not message_id or len(message_id) > MAX_MESSAGE_ID or not message_id.isprintable():
+        shown = message_id if len(message_id) <= 40 else message_id[:40] + "..."
+        raise InvalidArgumentError(
+            f"message_id must be 1 to {MAX_MESSAGE_ID} printable characters (no control "
+            f"characters or newlines), got {shown!r} ({len(message_id)} characters)"
+        )
+    return message_id
 
 
 def check_session_id(session_id: object) -> str:
@@ -333,9 +410,10 @@ def check_session_id(session_id: object) -> str:
 # The relay's side of a command: check the backlog, make sure a new session is announced to
 # the hosts (one control entry per session), append the command.  Atomic, so two workers
 # starting one session at once announce it once.  It keeps receive()'s record (the taken
-# set and the floor) alive as long as the event stream (see _CLAIM).  Returns {status,
-# entry id or backlog, the event stream's last id}: status 1 ok, 0 backlog full, -1 no
-# session, -2 no host room.
+# set and the floor) alive as long as the event stream (see _CLAIM).  Hosts whose heartbeat
+# expired leave the hosts' sorted set and the room hash.  Returns {status, entry id or
+# backlog or live hosts, the event stream's last id}: status 1 ok, 0 backlog full, -1 no
+# session, -2 no host room (with how many hosts are live), -3 no live host.
 _ENQUEUE = """
 local cmd, meta, ctl, ev, hosts, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local last = redis.call('XREVRANGE', ev, '+', '-', 'COUNT', 1)
@@ -349,12 +427,17 @@ if ARGV[5] == '1' then
     if ARGV[9] == '1' then
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      for _, h in ipairs(redis.call('ZRANGEBYSCORE', hosts, '-inf', now)) do
+        redis.call('HDEL', room, h)
+      end
       redis.call('ZREMRANGEBYSCORE', hosts, '-inf', now)
+      local live = redis.call('ZRANGE', hosts, 0, -1)
+      if #live == 0 then return {-3, '0', last_id} end
       local free = 0
-      for _, h in ipairs(redis.call('ZRANGE', hosts, 0, -1)) do
+      for _, h in ipairs(live) do
         free = free + tonumber(redis.call('HGET', room, h) or '0')
       end
-      if free <= 0 then return {-2, '0', last_id} end
+      if free <= 0 then return {-2, tostring(#live), last_id} end
     end
     redis.pcall('XGROUP', 'CREATE', cmd, 'hosts', '0', 'MKSTREAM')
     local id = redis.call('XADD', ctl, '*', 'sid', ARGV[6])
@@ -460,19 +543,25 @@ class RelayClient:
     (:data:`STALL_SLACK`, 1.25 s with the defaults, allows 0.25 s more), with
     the same errors: :class:`RelayUnavailableError` when Redis was
     unreachable to the end, the client's typed timeout otherwise.  A wait
-    with ``timeout=None`` waits for Redis to come back.
+    with ``timeout=None`` waits for Redis to come back.  What Redis refuses
+    (the URL's credentials, a database number out of range, any other error
+    reply) raises :class:`RelayUnavailableError` at once, not retried.
 
     :param redis_url: the Redis URL, ``redis://host:6379/0`` (``rediss://`` for TLS,
         ``unix://`` for a socket), checked by :func:`check_redis_url`.
     :param session_id: the session's id (the avatar service's session id).
     :param prefix: the prefix of the Redis keys (the hosts' must be the same).
     :param require_host: :meth:`start_session` of a session no host holds raises
-        :class:`HostsFullError` when no live host has room for it.
+        :class:`HostsFullError` when no live host has room for it, or no host under
+        *prefix* is live at all.
     :param idle_timeout: the seconds (> 0) after which the session's Redis keys
         expire unused (the hosts stop it earlier, after their own idle timeout).
     :param redis_timeout: the longest one Redis round trip may take (the socket
         timeout of the handle's connections, > 0; a blocking read of the event
         stream blocks half of it at most).
+    :param max_message_size: the hosts' clients' limit on a frame, in bytes (16 MiB, their
+        default): a send whose body and id in UTF-8, with :data:`ENVELOPE_ALLOWANCE`,
+        exceed it raises :class:`~avatar_im.InvalidArgumentError` at the call.
     """
 
     def __init__(
@@ -591,8 +680,9 @@ class RelayClient:
 
         With *deadline* (a call's own, :func:`time.monotonic`), the retries stop then if
         that is sooner.  One attempt is always made; each takes at most *redis_timeout*.
+        What Redis refuses (:func:`redis_refusal`) raises at once.
         """
-        down = redis_down_errors()
+        redis = import_redis()
         began = time.monotonic()
         until = began + self._retry
         if deadline is not None:
@@ -602,7 +692,10 @@ class RelayClient:
             client = self._check()
             try:
                 return call(client)
-            except down as exc:
+            except redis.RedisError as exc:
+                refusal = redis_refusal(what, exc, message_id)
+                if refusal is not None:  # retrying would not mend it
+                    raise refusal from exc
                 now = time.monotonic()
                 if now >= until:
                     raise RelayUnavailableError(
@@ -630,14 +723,10 @@ class RelayClient:
         """
         if message_id is None:
             message_id = self._ids.new(time.time_ns() // 1_000_000)
-        elif not isinstance(message_id, str) or not message_id:
-            raise InvalidArgumentError("message_id must be a non-empty str")
+        else:
+            check_message_id(message_id)
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        if len(payload) > self._max_message_size:
-            raise InvalidArgumentError(
-                f"the command is {len(payload)} bytes, over max_message_size "
-                f"{self._max_message_size}"
-            )
+        self._check_size(payload, message_id)
         keys = self._keys
         sid = self.session_id
         options = json.dumps(dict(start_options or {}), separators=(",", ":"))
@@ -683,10 +772,17 @@ class RelayClient:
                 raise SessionNotStartedError(
                     f"session {sid!r} is not hosted: call start_session() first"
                 )
-            if status == -2:
+            if status == -3:
                 raise HostsFullError(
-                    "no live host has room for another session (each holds at most its "
-                    "max_sessions): start more hosts, or retry"
+                    f"no live session host under the prefix {keys.prefix!r} (is `avatar-im "
+                    "host` running with the same --prefix?)"
+                )
+            if status == -2:
+                live = int(value)
+                full = "the live session host" if live == 1 else f"all {live} live session hosts"
+                raise HostsFullError(
+                    f"{full} under the prefix {keys.prefix!r} {'is' if live == 1 else 'are'} "
+                    "full (each holds at most its max_sessions): start more hosts, or retry"
                 )
             left = None if room_until is None else room_until - time.monotonic()
             if left is None or left <= 0 or self._send_timeout is None:
@@ -699,6 +795,24 @@ class RelayClient:
             if self._pos is None:
                 self._pos = last_id  # what this command gives comes after it
         return message_id
+
+    def _check_size(self, payload: str, message_id: str) -> None:
+        """Refuse a command whose frame at the host would exceed *max_message_size* bytes.
+
+        The host's client refuses a frame over its limit (the same by default), which
+        would fail the command later, at its ack: this refuses it at the call, counting
+        the body and its id in UTF-8 and :data:`ENVELOPE_ALLOWANCE` for the envelope.
+        """
+        limit = self._max_message_size
+        if (len(payload) + len(message_id) + 2) * 4 + ENVELOPE_ALLOWANCE <= limit:
+            return  # at most 4 bytes a character (the id quoted): no need to encode
+        quoted = json.dumps(message_id, ensure_ascii=False)
+        size = len(payload.encode("utf-8")) + len(quoted.encode("utf-8")) + ENVELOPE_ALLOWANCE
+        if size > limit:
+            raise InvalidArgumentError(
+                f"the message is {size} bytes with its envelope, over the {limit}-byte limit "
+                "(max_message_size)"
+            )
 
     def start_session(self, **options: Any) -> str:
         """Start (or restart) the session on a host; returns the ``start`` message's id.
@@ -724,6 +838,8 @@ class RelayClient:
         :meth:`start_session` of this handle.
         """
         timeout = require_timeout("timeout", timeout)
+        if self._closed:
+            raise ClientClosedError("the relay client is closed")
         start_id = self._start_id
         if start_id is None:
             raise SessionNotStartedError("call start_session() first (on this handle)")
@@ -756,7 +872,10 @@ class RelayClient:
         return self._enqueue("stop", {})
 
     def send_text(self, text: str, *, message_id: str | None = None) -> str:
-        """Send *text*; returns the message id (pass *message_id* to send one again)."""
+        """Send *text*; returns the message id (pass *message_id* to send one again).
+
+        A *message_id* given is 1 to :data:`MAX_MESSAGE_ID` printable characters.
+        """
         require_text(text)
         return self._enqueue("text", {"text": text}, message_id=message_id)
 
@@ -867,8 +986,7 @@ class RelayClient:
         :class:`AckTimeout` after *timeout*.  Ids sent through other handles are
         found too, while their ack is still in the event stream.
         """
-        if not isinstance(message_id, str) or not message_id:
-            raise InvalidArgumentError("message_id must be a non-empty str")
+        require_str("message_id", message_id)
         timeout = require_timeout("timeout", timeout)
         self._outcome(message_id, timeout)
 
@@ -1036,10 +1154,10 @@ class RelayClient:
         while True:
             with self._changed:
                 while True:
+                    if self._closed:  # first: a closed handle answers nothing, cached or not
+                        raise ClientClosedError("the relay client is closed")
                     if done():
                         return True
-                    if self._closed:
-                        raise ClientClosedError("the relay client is closed")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         failure = self._down
@@ -1056,18 +1174,21 @@ class RelayClient:
                     self._changed.wait(0.5 if left is None else min(left, 0.5))
             block = longest if left is None else max(1, min(longest, int(left * 1000)))
             entries: list[Any] = []
+            error: BaseException | None = None
             try:
                 client = self._check()
                 reply = client.xread({key: position}, count=500, block=block)
                 entries = reply[0][1] if reply else []
-                error: BaseException | None = None
-            except down as exc:
+            except BaseException as exc:
+                refusal = redis_refusal("reading the session's events", exc)
+                if refusal is not None or not isinstance(exc, down):
+                    with self._changed:
+                        self._pumping = False
+                        self._changed.notify_all()
+                    if refusal is not None:
+                        raise refusal from exc
+                    raise
                 error = exc
-            except BaseException:
-                with self._changed:
-                    self._pumping = False
-                    self._changed.notify_all()
-                raise
             with self._changed:
                 self._pumping = False
                 self._down = error

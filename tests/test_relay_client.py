@@ -7,6 +7,7 @@ loopback, hosts as threads of this process; nothing is mocked.  Every wait has a
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import multiprocessing
 import signal
@@ -19,14 +20,20 @@ import pytest
 from conftest import TIMEOUT, wait_until
 from redis_peer import RedisProcess, avatar_server, hosts, needs_redis, redis, redis_server
 
-from avatar_im import AckTimeout, InvalidArgumentError, InvalidArgumentTypeError, ReceiveTimeout
+from avatar_im import (
+    AckTimeout,
+    ClientClosedError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ReceiveTimeout,
+)
 from avatar_im.server import ReferenceServer
 
 pytestmark = needs_redis
 
 if redis is not None:
     from avatar_im import relay
-    from avatar_im.relay import RelayClient, RelayUnavailableError
+    from avatar_im.relay import HostsFullError, RelayClient, RelayUnavailableError
 
 __all__ = ["avatar_server", "redis_server"]  # fixtures, used by name
 
@@ -381,3 +388,261 @@ def test_close_pools_closes_this_process_connections(redis_server: RedisProcess)
         assert wait_until(lambda: _other_clients(r) == 0, TIMEOUT), r.client_list()
     finally:
         r.close()
+
+
+# ------------------------------------------------ 5: what Redis refuses, at once
+
+
+def _raises_at_once(call: Callable[[], object], *words: str) -> RelayUnavailableError:
+    """*call* raises RelayUnavailableError saying *words* well within redis_retry (5 s)."""
+    start = time.monotonic()
+    with pytest.raises(RelayUnavailableError) as info:
+        call()
+    took = time.monotonic() - start
+    assert took < 1.0, f"retried for {took:.1f}s as if Redis were down: {info.value}"
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    return info.value
+
+
+GOOD_URLS = [
+    "redis://127.0.0.1:6379",
+    "redis://127.0.0.1:6379/",
+    "redis://127.0.0.1:6379/0",
+    "redis://:pw@127.0.0.1:6379/15",
+    "rediss://cache:6380/1?ssl_cert_reqs=none",
+    "unix:///run/redis.sock?db=3",
+]
+#: Paths redis-py reads as database 0 (it ignores what it cannot parse), or as another
+#: number than the one written ("/1/2" is 12), or that Redis refuses ("/-1").
+BAD_PATHS = ["/notadb", "/-1", "/1/2", "/0x1", "/ 1", "/%31", "/\u0661", "/1.0", "/0/"]
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_check_redis_url_takes_an_empty_path_or_a_database_number(url: str) -> None:
+    assert relay.check_redis_url(url) == url
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_check_redis_url_refuses_a_path_that_is_not_a_database_number(path: str) -> None:
+    url = f"redis://:secret@127.0.0.1:6379{path}"
+    with pytest.raises(InvalidArgumentError) as info:
+        relay.check_redis_url(url)
+    assert not isinstance(info.value, InvalidArgumentTypeError)
+    assert "database number" in str(info.value)
+    assert "secret" not in str(info.value) and path not in str(info.value)
+    with pytest.raises(InvalidArgumentError):
+        RelayClient(url, session_id="path")
+
+
+def test_redis_refusing_a_call_is_typed_at_once(redis_server: RedisProcess) -> None:
+    """A database number out of range: every call raises RelayUnavailableError, not retried."""
+    handle = RelayClient(f"redis://127.0.0.1:{redis_server.port}/99999", session_id="refused")
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("hosted()", handle.hosted),
+        ("receive(2)", lambda: handle.receive(2)),
+        ("receive_event(2)", lambda: handle.receive_event(2)),
+        ("wait_ack('m-1', 2)", lambda: handle.wait_ack("m-1", 2)),  # the event pump's read
+    ]
+    for label, call in calls:
+        error = _raises_at_once(call, "Redis refused the call", "DB index is out of range")
+        assert error.message_id is None, label
+    error = _raises_at_once(handle.start_session, "Redis refused the call", "DB index")
+    assert error.message_id, "a send's error carries its message id"
+    error = _raises_at_once(lambda: handle.send_text("hi", message_id="m-1"), "refused")
+    assert error.message_id == "m-1"
+    handle.close()
+
+
+def test_refused_credentials_are_typed_at_once(redis_server: RedisProcess) -> None:
+    """A wrong or missing password (or user) raises at once, not after redis_retry."""
+    port = redis_server.port
+    admin = redis.Redis(port=port)
+    try:
+        admin.config_set("requirepass", "right-pw")
+    finally:
+        admin.close()
+    urls = {
+        "wrong password": f"redis://:wrong-pw@127.0.0.1:{port}/0",
+        "no password": f"redis://127.0.0.1:{port}/0",
+        "unknown user": f"redis://nobody:wrong-pw@127.0.0.1:{port}/0",
+    }
+    for label, url in urls.items():
+        handle = RelayClient(url, session_id="pw")
+        calls: list[Callable[[], object]] = [
+            handle.hosted,
+            handle.start_session,
+            functools.partial(handle.wait_ack, "m-1", 2),  # the event pump's read
+        ]
+        for call in calls:
+            error = _raises_at_once(call, "Redis refused the credentials")
+            assert "wrong-pw" not in str(error) and "right-pw" not in str(error), label
+        handle.close()
+    right = RelayClient(f"redis://:right-pw@127.0.0.1:{port}/0", session_id="pw")
+    assert right.hosted() is False
+    right.close()
+
+
+# ------------------------------------------------------------ 6: the hosts
+
+
+def test_no_live_host_is_told_apart_from_full_hosts(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    url = redis_server.url
+    with pytest.raises(HostsFullError) as info:
+        RelayClient(url, session_id="lone").start_session()
+    message = str(info.value)
+    assert "no live session host under the prefix 'avatar-im'" in message
+    assert "--prefix" in message and "start more hosts" not in message
+    r = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        with hosts(url, avatar_server, 2, prefix="other", max_sessions=1):
+            with pytest.raises(HostsFullError) as info:  # the hosts are under another prefix
+                RelayClient(url, session_id="lone").start_session()
+            assert "no live session host under the prefix 'avatar-im'" in str(info.value)
+            started = [_started_under(url, f"s{k}", "other") for k in range(2)]
+            assert wait_until(
+                lambda: sum(int(v) for v in r.hgetall("other:room").values()) == 0, TIMEOUT
+            )
+            with pytest.raises(HostsFullError) as info:
+                RelayClient(url, session_id="third", prefix="other").start_session()
+            message = str(info.value)
+            assert "all 2 live session hosts under the prefix 'other' are full" in message
+            assert "start more hosts" in message
+            for handle in started:
+                handle.close()
+    finally:
+        r.close()
+
+
+def _started_under(url: str, session_id: str, prefix: str) -> RelayClient:
+    handle = RelayClient(url, session_id=session_id, prefix=prefix)
+    handle.start_session()
+    handle.wait_session_ready(TIMEOUT)
+    return handle
+
+
+def test_expired_hosts_leave_the_room_hash(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """Hosts whose heartbeat expired (one id per restart) leave the room hash with the set."""
+    url = redis_server.url
+    keys = relay.Keys()
+    r = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        r.zadd(keys.hosts, {"ghost-1": 1, "ghost-2": 2})  # heartbeats expired long ago
+        r.hset(keys.room, mapping={"ghost-1": 5, "ghost-2": 5})
+        with pytest.raises(HostsFullError) as info:
+            RelayClient(url, session_id="ghosts").start_session()
+        assert "no live session host" in str(info.value)
+        assert r.zcard(keys.hosts) == 0
+        assert r.hgetall(keys.room) == {}
+        with hosts(url, avatar_server, 1):
+            r.zadd(keys.hosts, {"ghost-3": 3})
+            r.hset(keys.room, "ghost-3", 5)
+            handle = _started(url, "ghosts")
+            assert r.hkeys(keys.room) == ["h0"], "the live host's room stays, the dead one's goes"
+            assert r.zrange(keys.hosts, 0, -1) == ["h0"]
+            handle.close()
+    finally:
+        r.close()
+
+
+# ------------------------------------------------------- 7: sizes and ids
+
+
+def test_sizes_are_checked_in_utf8_bytes_at_the_call(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """What the host's client would refuse (its frame over the limit) is refused at the call."""
+    url = redis_server.url
+    idle = RelayClient(url, session_id="big")  # the default limit, 16 MiB; no Redis needed
+    with pytest.raises(InvalidArgumentError) as info:
+        idle.send_text("\u4e2d" * 6_000_000)  # 6 M characters, 18 MB in UTF-8
+    assert "16777216-byte limit" in str(info.value)
+    limit = 100_000
+    options = {"client_options": {"max_message_size": limit}}
+    with hosts(url, avatar_server, 1, **options):
+        handle = RelayClient(url, session_id="size", max_message_size=limit)
+        handle.start_session()
+        handle.wait_session_ready(TIMEOUT)
+        over = [
+            ("3-byte characters", lambda: handle.send_text("\u4e2d" * (limit // 3 + 100))),
+            ("4-byte characters", lambda: handle.send_text("\U0001f600" * (limit // 4 + 100))),
+            ("the envelope", lambda: handle.send_text("y" * (limit - 100))),
+            ("ask", lambda: handle.ask("\u4e2d" * (limit // 3 + 100), timeout=1)),
+            ("audio", lambda: handle.send_audio(base64="AAAA" * (limit // 4))),
+        ]
+        for label, call in over:
+            with pytest.raises(InvalidArgumentError) as info:
+                call()
+            assert not isinstance(info.value, InvalidArgumentTypeError), label
+            assert f"over the {limit}-byte limit" in str(info.value), label
+        # Just under the relay's limit: the host's client takes it, the service acks it.
+        near = "y" * (limit - relay.ENVELOPE_ALLOWANCE - 100)
+        handle.wait_ack(handle.send_text(near), TIMEOUT)
+        wide = "\u4e2d" * ((limit - relay.ENVELOPE_ALLOWANCE - 100) // 3)
+        handle.wait_ack(handle.send_text(wide), TIMEOUT)
+        handle.close()
+
+
+BAD_MESSAGE_IDS: list[tuple[str, object, type[Exception]]] = [
+    ("int", 5, InvalidArgumentTypeError),
+    ("bytes", b"m-1", InvalidArgumentTypeError),
+    ("empty", "", InvalidArgumentError),
+    ("newline", "a\nb", InvalidArgumentError),
+    ("tab", "a\tb", InvalidArgumentError),
+    ("nul", "a\x00b", InvalidArgumentError),
+    ("surrogate", "a\ud800", InvalidArgumentError),
+    ("201 characters", "x" * 201, InvalidArgumentError),
+    ("100000 characters", "x" * 100_000, InvalidArgumentError),
+]
+
+
+@pytest.mark.parametrize("send", ["send_text", "send_audio"])
+@pytest.mark.parametrize(
+    ("message_id", "error"),
+    [(value, error) for _, value, error in BAD_MESSAGE_IDS],
+    ids=[label for label, _, _ in BAD_MESSAGE_IDS],
+)
+def test_message_ids_are_checked_at_the_call(
+    redis_server: RedisProcess, send: str, message_id: object, error: type[Exception]
+) -> None:
+    handle = RelayClient(redis_server.url, session_id="ids")
+    payload: object = "hi" if send == "send_text" else b"\0\0"
+    with pytest.raises(error) as info:
+        getattr(handle, send)(payload, message_id=message_id)
+    if error is InvalidArgumentError:
+        assert not isinstance(info.value, InvalidArgumentTypeError)
+    assert len(str(info.value)) < 300, "the error does not repeat a long id whole"
+    handle.close()
+
+
+def test_the_longest_message_id_goes_through(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    with hosts(redis_server.url, avatar_server, 1):
+        handle = _started(redis_server.url, "long-id")
+        longest = "m-" + "x" * (relay.MAX_MESSAGE_ID - 2)
+        assert handle.send_text("hi", message_id=longest) == longest
+        handle.wait_ack(longest, TIMEOUT)
+        handle.close()
+
+
+# ------------------------------------------------------------ 8: closed
+
+
+def test_a_closed_handle_answers_nothing_it_has_cached(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """After close(), wait_session_ready() and wait_ack() raise, even with the answer kept."""
+    with hosts(redis_server.url, avatar_server, 1):
+        handle = _started(redis_server.url, "closed")
+        sent = handle.send_text("hi")
+        handle.wait_ack(sent, TIMEOUT)
+        handle.close()
+        with pytest.raises(ClientClosedError):
+            handle.wait_session_ready(1)
+        with pytest.raises(ClientClosedError):
+            handle.wait_ack(sent, 1)
