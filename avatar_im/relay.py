@@ -489,14 +489,16 @@ end
 if won == 0 then return {0, floor} end
 local new = floor
 for _, entry in ipairs(redis.call('XRANGE', ev, '(' .. floor, '+', 'COUNT', 256)) do
-  local kind, asked, family = nil, nil, nil
+  local kind, asked, family, body = nil, nil, nil, ''
   local fields = entry[2]
   for j = 1, #fields, 2 do
     if fields[j] == 'k' then kind = fields[j + 1] end
     if fields[j] == 'a' then asked = fields[j + 1] end
     if fields[j] == 'f' then family = fields[j + 1] end
+    if fields[j] == 'e' then body = fields[j + 1] end
   end
   if kind == 'm' and (asked == nil or asked == '') and family ~= 'start_result'
+      and string.sub(body, 1, 1) == '{'
       and not redis.call('ZSCORE', taken, pad(entry[1])) then
     break
   end
@@ -628,6 +630,7 @@ class RelayClient:
         self._start_id: str | None = None
         self._down: BaseException | None = None  # the last Redis error of the pump
         self.dropped = 0  #: messages dropped from a full receive buffer
+        self.garbage = 0  #: malformed event stream entries skipped (not what a host writes)
 
     def _check(self) -> Any:
         if os.getpid() != self._pid:  # made before fork(), used in the child: start afresh
@@ -925,7 +928,7 @@ class RelayClient:
         if not found or "r" not in answer:
             raise AskTimeout(f"no reply to {message_id} within {timeout}s", message_id=message_id)
         reply = from_envelope(answer["r"])
-        assert isinstance(reply, Reply)
+        assert isinstance(reply, Reply)  # _file_one files only a Reply as "r"
         start = end = None
         if wait_spoken:
             s = from_envelope(answer["s"]) if "s" in answer else None
@@ -1201,45 +1204,78 @@ class RelayClient:
                     time.sleep(pause)
 
     def _file(self, entries: list[Any]) -> None:
-        """File read entries: acks, answers, messages and events (the lock held)."""
+        """File read entries: acks, answers, messages and events (the lock held).
+
+        An entry that is not what a host writes (someone else's garbage in Redis: not
+        JSON, not an object, a field missing) is skipped, logged and counted in
+        :attr:`garbage`: it never reaches a caller as an exception.
+        """
         for entry_id, fields in entries:
             self._pos = entry_id
-            kind = fields.get("k")
-            if kind == "a":
-                error = json.loads(fields["err"]) if fields.get("err") else None
-                extra = json.loads(fields["x"]) if fields.get("x") else None
-                _remember(self._acks, fields.get("id", ""), (error, extra))
-            elif kind == "m":
-                asked = fields.get("a")
-                if asked:
-                    envelope = json.loads(fields.get("e", "{}"))
-                    answer = self._answers.get(asked)
-                    if answer is None:
-                        answer = {}
-                        _remember(self._answers, asked, answer)
-                    answer[fields.get("p", "r")] = envelope
-                    continue
-                if fields.get("f") == START_RESULT:
-                    continue  # wait_session_ready()'s (the host's start outcome), as locally
-                place = stream_id(entry_id)
-                if self._msg_mark is None or place <= self._msg_mark:
-                    continue  # no receive() yet, or taken already (under the floor)
-                self._msg_mark = place
-                message = from_envelope(json.loads(fields.get("e", "{}")))
-                self._inbox.append((entry_id, message))
-                if len(self._inbox) > self._receive_buffer:
-                    self._inbox.popleft()
-                    self.dropped += 1
-            elif kind == "v":
-                place = stream_id(entry_id)
-                if self._event_mark is not None and place <= self._event_mark:
-                    continue  # read again after a move back to the floor
-                self._event_mark = place
-                event = from_event(json.loads(fields.get("e", "{}")))
-                self._events.append((entry_id, event))
-                if len(self._events) > self._receive_buffer:
-                    self._events.popleft()
-                    self.dropped += 1
+            try:
+                self._file_one(entry_id, fields)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                self.garbage += 1
+                log = logger.warning if self.garbage <= 10 else logger.debug
+                log(
+                    "session %s: skipped a malformed event stream entry %s: %s",
+                    self.session_id,
+                    entry_id,
+                    exc,
+                )
+
+    def _file_one(self, entry_id: str, fields: Mapping[str, str]) -> None:
+        kind = fields.get("k")
+        if kind == "a":
+            error = json.loads(fields["err"]) if fields.get("err") else None
+            extra = json.loads(fields["x"]) if fields.get("x") else None
+            if not isinstance(error, (Mapping, type(None))) or not isinstance(
+                extra, (Mapping, type(None))
+            ):
+                raise TypeError("an ack whose error or extra is not an object")
+            mid = fields["id"]
+            _remember(self._acks, mid, (error, extra))
+        elif kind == "m":
+            envelope = json.loads(fields["e"])
+            if not isinstance(envelope, Mapping):
+                raise TypeError("a message that is not an object")
+            message = from_envelope(envelope)
+            asked = fields.get("a")
+            if asked:
+                part = fields.get("p", "r")
+                wanted = {"r": Reply, "s": BroadcastStart, "x": BroadcastEnd}.get(part)
+                if wanted is None or not isinstance(message, wanted):
+                    raise TypeError(f"an answer part {part!r} that is a {message.family}")
+                answer = self._answers.get(asked)
+                if answer is None:
+                    answer = {}
+                    _remember(self._answers, asked, answer)
+                answer[part] = envelope
+                return
+            if fields.get("f") == START_RESULT:
+                return  # wait_session_ready()'s (the host's start outcome), as locally
+            place = stream_id(entry_id)
+            if self._msg_mark is None or place <= self._msg_mark:
+                return  # no receive() yet, or taken already (under the floor)
+            self._msg_mark = place
+            self._inbox.append((entry_id, message))
+            if len(self._inbox) > self._receive_buffer:
+                self._inbox.popleft()
+                self.dropped += 1
+        elif kind == "v":
+            place = stream_id(entry_id)
+            if self._event_mark is not None and place <= self._event_mark:
+                return  # read again after a move back to the floor
+            event_data = json.loads(fields["e"])
+            if not isinstance(event_data, Mapping):
+                raise TypeError("an event that is not an object")
+            self._event_mark = place
+            self._events.append((entry_id, from_event(event_data)))
+            if len(self._events) > self._receive_buffer:
+                self._events.popleft()
+                self.dropped += 1
+        else:
+            raise KeyError(f"an entry of no known kind ({kind!r})")
 
 
 # ---------------------------------------------------------------- helpers

@@ -646,3 +646,34 @@ def test_a_closed_handle_answers_nothing_it_has_cached(
             handle.wait_session_ready(1)
         with pytest.raises(ClientClosedError):
             handle.wait_ack(sent, 1)
+
+
+def test_garbage_in_the_event_stream_is_skipped_and_counted(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """Entries no host writes (not JSON, not objects, no kind) never reach a caller."""
+    url = redis_server.url
+    r = redis.Redis.from_url(url, decode_responses=True)
+    ev = "avatar-im:s:junk:ev"
+    with hosts(url, avatar_server, 1):
+        avatar = _started(url, "junk")
+        pending = avatar.send_text("first")  # its reply comes after the garbage
+        for fields in (
+            {"k": "a", "id": pending, "err": "{bad"},
+            {"k": "a", "id": "Y", "x": "not json"},
+            {"k": "m", "f": "reply", "e": "<<garbage>>"},
+            {"k": "m", "f": "reply", "e": "[1, 2]"},
+            {"k": "m", "f": "reply", "a": "Z", "p": "r", "e": "[]"},
+            {"k": "m", "f": "reply", "a": "Z", "p": "r", "e": '{"type": "startResult"}'},
+            {"k": "v", "e": "3"},
+            {"nothing": "here"},
+        ):
+            r.xadd(ev, fields)
+        avatar.wait_ack(pending, TIMEOUT)
+        assert avatar.ask("second", timeout=TIMEOUT).text == "You said: second"
+        fresh = RelayClient(url, session_id="junk")
+        assert fresh.receive(TIMEOUT, family="reply").text == "You said: first"
+        assert fresh.garbage >= 7 and avatar.garbage >= 7
+        fresh.close()
+        avatar.close()
+    r.close()
