@@ -421,6 +421,9 @@ class AvatarIM:
         )
         # Runs the application's callbacks on a thread of its own (see .dispatch).
         self._dispatcher = Dispatcher(capacity=max(receive_buffer, 1024))
+        # Package-internal (the session host's): called on the callback thread with the id
+        # of each message the server acknowledged, in wire order with the messages.
+        self._ack_listener: Callable[[str], None] | None = None
         self._opened = False
         # Audio streams running now (stream_audio); close() stops them.  Guarded by _audio_lock.
         self._audio_lock = threading.Lock()
@@ -1312,6 +1315,9 @@ class AvatarIM:
             elif isinstance(event, Acked):
                 if event.error is None and self._inbox.tracking:
                     self._inbox.acked(event.message_id)
+                ack_listener = self._ack_listener
+                if event.error is None and ack_listener is not None:
+                    self._dispatcher.call(ack_listener, event.message_id)
                 if event.error is not None:
                     self._inbox.refused(event.message_id, event.error)
                     error = AckError(

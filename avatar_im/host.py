@@ -161,8 +161,12 @@ redis.call('HSET', KEYS[3], me, ARGV[3])
 local held = {}
 for i = 1, #ARGV - 3 do
   local lease, meta, ctl = KEYS[2 + 2 * i], KEYS[3 + 2 * i], ARGV[3 + i]
-  local owner = redis.call('GET', lease)
-  if owner == me or (not owner and redis.call('HGET', meta, 'ctl') == ctl) then
+  -- pcall: a session's key of the wrong type (garbage) loses that session, not the others
+  local owner = redis.pcall('GET', lease)
+  local hosting = redis.pcall('HGET', meta, 'ctl')
+  if type(owner) == 'table' and owner.err then owner = 'garbage' end
+  if type(hosting) == 'table' and hosting.err then hosting = false end
+  if owner == me or (not owner and hosting == ctl) then
     redis.call('SET', lease, me, 'PX', ttl)
     redis.call('XCLAIM', KEYS[1], 'hosts', me, 0, ctl, 'JUSTID')
     held[#held + 1] = 1
@@ -214,20 +218,34 @@ return 1
 """
 
 # Publish what the service sent, if this host holds the session's lease (or the session was
-# let go: nobody holds it, its meta is gone).  KEYS: ev, lease, meta; ARGV: host id, events
-# maxlen, then per entry: its number of fields, then its field/value pairs.  Returns 1, or
-# 0 when another host holds the session or its lease lapsed unrenewed.
+# let go: nobody holds it, its meta is gone).  KEYS: ev, lease, meta, pub; ARGV: host id,
+# events maxlen, the lane's token, the key ttl, then per entry: its sequence number in the
+# lane, its number of fields, then its field/value pairs.  An entry whose number the pub key
+# (the lane's token and the last number published) says was published is skipped: a batch
+# sent again after its reply was lost publishes nothing twice.  Returns 1, or 0 when another
+# host holds the session or its lease lapsed unrenewed.
 _PUBLISH = """
 local owner = redis.call('GET', KEYS[2])
 if owner ~= ARGV[1] and (owner or redis.call('EXISTS', KEYS[3]) == 1) then return 0 end
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local fields = {}
-  for j = 1, 2 * n do fields[j] = ARGV[i + j] end
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
-  i = i + 2 * n + 1
+local last = -1
+local stored = redis.call('GET', KEYS[4])
+if stored then
+  local token, seq = string.match(stored, '^(.*) (%d+)$')
+  if token == ARGV[3] then last = tonumber(seq) end
 end
+local top = last
+local i = 5
+while i <= #ARGV do
+  local seq, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if seq > last then
+    local fields = {}
+    for j = 1, 2 * n do fields[j] = ARGV[i + 1 + j] end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+    if seq > top then top = seq end
+  end
+  i = i + 2 * n + 2
+end
+if top > last then redis.call('SET', KEYS[4], ARGV[3] .. ' ' .. top, 'EX', ARGV[4]) end
 return 1
 """
 
@@ -241,15 +259,21 @@ return 1
 _READ = """
 local out = {}
 for i = 1, #KEYS, 2 do
-  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+  if redis.pcall('GET', KEYS[i + 1]) == ARGV[1] then
     local read = {'XREADGROUP', 'GROUP', 'hosts', ARGV[1], 'COUNT', ARGV[2],
                   'STREAMS', KEYS[i], ARGV[2 + (i + 1) / 2]}
     local got = redis.pcall(unpack(read))
     if type(got) == 'table' and got.err then
       redis.pcall('XGROUP', 'CREATE', KEYS[i], 'hosts', '0', 'MKSTREAM')
-      got = redis.call(unpack(read))
+      got = redis.pcall(unpack(read))
     end
-    if got then out[#out + 1] = got[1][2] else out[#out + 1] = {} end
+    if type(got) == 'table' and got.err then
+      out[#out + 1] = 0  -- garbage in its key: the session is lost, the others go on
+    elseif got then
+      out[#out + 1] = got[1][2]
+    else
+      out[#out + 1] = {}
+    end
   else
     out[#out + 1] = 0
   end
@@ -344,6 +368,8 @@ class _Lane:
     reading: bool = False  # the reader reads its command stream
     read_pos: str = "0-0"  # the reader's: the last entry of its command stream seen
     taken_pos: str = "0-0"  # the reader's: the last entry of it taken (queued for the lane)
+    # Unique to this hosting of the session: names its publishing sequence (see _PUBLISH).
+    token: str = attrs.field(factory=lambda: secrets.token_hex(8))
     # Guarded by the host's _lock: the lane is letting the session go (its _END runs or
     # ran), and the control entry of the session started again meanwhile (held after).
     ending: bool = False
@@ -1026,6 +1052,9 @@ class SessionHost:
             raise InvalidArgumentError("client_factory must return an AvatarIM or have .client")
         lane.entry, lane.client = entry, client
         client.on("message", lambda message: self._on_message(lane, message))
+        # Acks on the same thread as the messages, in wire order: the reply rule needs to
+        # know whether a later text was acked before a reply came (see _on_message).
+        client._ack_listener = lambda mid: _text_acked(lane, mid, refused=False)
         client.on("event", lambda event: self._queue(lane, {"k": "v", "e": _json(event.raw)}))
 
     def _idle_on_arrival(self, lane: _Lane, meta: Mapping[str, str]) -> bool:
@@ -1271,9 +1300,11 @@ class SessionHost:
         self.commands += 1
         try:
             if op == "start":
-                with lane.ids.use(mid):
-                    client.start_session(**(body.get("options") or {}))
-                lane.sent.add(mid)
+                # With a fresh id, not the worker's: a start replayed after a takeover (or
+                # enqueued twice after a lost reply) may have been processed already, and
+                # the service would drop it as a repeat without the startResult the session
+                # waits for.  Starting again is harmless: it restarts the session.
+                client.start_session(**(body.get("options") or {}))
                 result = self._wait_ready(lane)
                 lane.state = "started"
                 self._done(lane, entry_id, mid, None, {"result": dict(result.raw)})
@@ -1391,8 +1422,8 @@ class SessionHost:
             lane.inflight.popleft()
             if op == "stop" and error is None:
                 lane.state = "stopped"
-            if op == "text":
-                _text_acked(lane, mid, refused=error is not None)
+            if op == "text" and error is not None:
+                _text_acked(lane, mid, refused=True)  # no reply will come
             self._done(lane, entry_id, mid, error)
             wait = 0
 
@@ -1630,19 +1661,22 @@ class SessionHost:
                     continue
                 items = list(itertools.islice(lane.pubq, PUBLISH_BATCH))
             args: list[str] = []
-            for _, fields in items:
-                args.append(str(len(fields)))
+            for seq, fields in items:
+                args += [str(seq), str(len(fields))]
                 for name, value in fields.items():
                     args += [name, value]
             sid = lane.session_id
             pipe.eval(
                 _PUBLISH,
-                3,
+                4,
                 keys.ev(sid),
                 keys.lease(sid),
                 keys.meta(sid),
+                keys.pub(sid),
                 self.host_id,
                 self.events_maxlen,
+                lane.token,
+                self._key_ttl,
                 *args,
             )
             batch.append((lane, items[-1][0], len(items)))
@@ -1681,7 +1715,8 @@ def _drop_slot(lane: _Lane) -> None:
 
 
 def _text_acked(lane: _Lane, mid: str, *, refused: bool) -> None:
-    """On the lane thread: text *mid* was acknowledged (or refused: no reply will come)."""
+    """Text *mid* was acknowledged (the client's callback thread, in wire order with the
+    messages) or refused (the lane thread: no reply will come).  Other ids are ignored."""
     with lane.lock:
         for slot in lane.asks:
             if slot.mid == mid:

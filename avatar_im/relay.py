@@ -196,6 +196,10 @@ class Keys:
         """Sorted set: the entries of the event stream a ``receive()`` took, above the floor."""
         return f"{self.prefix}:s:{session_id}:taken"
 
+    def pub(self, session_id: str) -> str:
+        """The hosting publishing the session's messages and the last one it published."""
+        return f"{self.prefix}:s:{session_id}:pub"
+
     def floor(self, session_id: str) -> str:
         """The event stream entry up to which every business message was taken."""
         return f"{self.prefix}:s:{session_id}:floor"
@@ -433,11 +437,18 @@ if ARGV[5] == '1' then
       redis.call('ZREMRANGEBYSCORE', hosts, '-inf', now)
       local live = redis.call('ZRANGE', hosts, 0, -1)
       if #live == 0 then return {-3, '0', last_id} end
-      local free = 0
+      -- Take one place of a host with room (its heartbeat sets its true room again):
+      -- announcements between two heartbeats cannot overrun the hosts' room.
+      local taken = false
       for _, h in ipairs(live) do
-        free = free + tonumber(redis.call('HGET', room, h) or '0')
+        local left = tonumber(redis.call('HGET', room, h) or '0') or 0
+        if left > 0 then
+          redis.call('HSET', room, h, left - 1)
+          taken = true
+          break
+        end
       end
-      if free <= 0 then return {-2, tostring(#live), last_id} end
+      if not taken then return {-2, tostring(#live), last_id} end
     end
     redis.pcall('XGROUP', 'CREATE', cmd, 'hosts', '0', 'MKSTREAM')
     local id = redis.call('XADD', ctl, '*', 'sid', ARGV[6])
@@ -475,6 +486,7 @@ local function pad(id)
   return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
 end
 local floor = redis.call('GET', floorkey) or '0-0'
+if type(floor) ~= 'string' or not string.match(floor, '^%d+%-%d+$') then floor = '0-0' end
 local head = redis.call('XRANGE', ev, '-', '+', 'COUNT', 1)
 if #head == 0 then return {0, floor} end
 local first, low = pad(head[1][1]), pad(floor)
@@ -1082,6 +1094,12 @@ class RelayClient:
         key = self._keys.floor(self.session_id)
         floor = self._redis("receive", lambda r: r.get(key), deadline=deadline)
         start = floor if isinstance(floor, str) else "0-0"
+        try:
+            stream_id(start)
+        except ValueError:  # garbage in Redis: read from the start (claims stay exact)
+            self.garbage += 1
+            logger.warning("session %s: a malformed receive floor in Redis", self.session_id)
+            start = "0-0"
         with self._lock:
             if self._msg_mark is not None:  # another thread of this handle was quicker
                 return

@@ -672,3 +672,86 @@ def test_garbage_in_redis_is_dropped_and_counted_never_blocking_real_sessions(
         }
         avatar.close()
     r.close()
+
+
+def test_a_publish_whose_reply_is_lost_publishes_nothing_twice(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """Redis ran the host's publish but its reply was lost: the retry adds no duplicate."""
+    import redis as redis_lib
+
+    with hosts(redis_server.url, avatar_server, 1) as (host,):
+        real_pipeline = host._redis.pipeline
+        lose = [0]
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+
+            def execute(*a: Any, **k: Any) -> Any:
+                out = real_execute(*a, **k)
+                if lose[0]:
+                    lose[0] -= 1
+                    raise redis_lib.TimeoutError("Timeout reading from socket (the reply was lost)")
+                return out
+
+            pipe.execute = execute
+            return pipe
+
+        host._redis.pipeline = pipeline
+        with RelayClient(redis_server.url, session_id="lost-pub") as avatar:
+            avatar.start_session()
+            avatar.wait_session_ready(TIMEOUT)
+            lose[0] = 1
+            assert avatar.ask("once", timeout=TIMEOUT).text == "You said: once"
+            avatar.wait_ack(avatar.send_text("twice?"), TIMEOUT)
+            assert avatar.receive(TIMEOUT, family="reply").text == "You said: twice?"
+            assert wait_until(lambda: lose[0] == 0, TIMEOUT)
+    r = _redis(redis_server.url)
+    try:
+        ids = [
+            json.loads(fields["e"]).get("messageId")
+            for _, fields in r.xrange("avatar-im:s:lost-pub:ev")
+            if fields.get("k") == "m"
+        ]
+    finally:
+        r.close()
+    assert len(ids) == len(set(ids)), f"published twice: {ids}"
+
+
+def test_a_start_sent_twice_with_one_id_still_starts(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """A start replayed (or enqueued twice after a lost reply) with its id: the session works."""
+    r = _redis(redis_server.url)
+    with (
+        hosts(redis_server.url, avatar_server, 1, ready_timeout=3.0),
+        RelayClient(redis_server.url, session_id="twice") as avatar,
+    ):
+        mid = avatar.start_session()
+        r.xadd("avatar-im:s:twice:cmd", {"op": "start", "mid": mid, "body": '{"options": {}}'})
+        avatar.wait_session_ready(TIMEOUT)
+        assert avatar.ask("after", timeout=TIMEOUT).text == "You said: after"
+    r.close()
+
+
+@pytest.mark.parametrize("key", ["lease", "cmd"])
+def test_one_sessions_broken_key_stalls_no_other_session(
+    redis_server: RedisProcess, avatar_server: ReferenceServer, key: str
+) -> None:
+    """A session's lease or command stream turned into a key of another type (garbage)."""
+    r = _redis(redis_server.url)
+    with hosts(redis_server.url, avatar_server, 1, lease_ttl=1.0):
+        victim = RelayClient(redis_server.url, session_id="victim")
+        bystander = RelayClient(redis_server.url, session_id="bystander")
+        for handle in (victim, bystander):
+            handle.start_session()
+            handle.wait_session_ready(TIMEOUT)
+        r.delete(f"avatar-im:s:victim:{key}")
+        r.hset(f"avatar-im:s:victim:{key}", "garbage", "1")
+        for n in range(3):  # over a few lease renewals (every third of a second)
+            assert bystander.ask(f"still {n}", timeout=TIMEOUT).text == f"You said: still {n}"
+            time.sleep(0.4)
+        victim.close()
+        bystander.close()
+    r.close()

@@ -677,3 +677,32 @@ def test_garbage_in_the_event_stream_is_skipped_and_counted(
         fresh.close()
         avatar.close()
     r.close()
+
+
+def test_admission_takes_a_place_of_a_host_and_garbage_counts_block_nothing(
+    redis_server: RedisProcess, avatar_server: ReferenceServer
+) -> None:
+    """Announcing sessions faster than heartbeats: no more admitted than the hosts' room."""
+    from avatar_im.relay import HostsFullError
+
+    url = redis_server.url
+    r = redis.Redis.from_url(url, decode_responses=True)
+    with hosts(url, avatar_server, 1, max_sessions=3, lease_ttl=30.0):
+        admitted = refused = 0
+        for n in range(20):  # within one heartbeat (every 10 s here)
+            try:
+                RelayClient(url, session_id=f"flood-{n}").start_session()
+                admitted += 1
+            except HostsFullError:
+                refused += 1
+        assert admitted == 3 and refused == 17
+        # Garbage in the room hash (another host's field) and in a session's floor.
+        r.hset("avatar-im:room", "h0", "lots")
+        r.set("avatar-im:s:flood-0:floor", "abc")
+        with pytest.raises(HostsFullError):
+            RelayClient(url, session_id="one-more").start_session()
+        first = RelayClient(url, session_id="flood-0")
+        first.wait_ack(first.send_text("hello"), TIMEOUT * 2)
+        assert first.receive(TIMEOUT * 2, family="reply").text == "You said: hello"
+        first.close()
+    r.close()
