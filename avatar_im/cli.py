@@ -873,13 +873,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _redis_url(text: str) -> str:
-    """An argparse type: a redis://, rediss:// or unix:// URL."""
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise argparse.ArgumentTypeError("must be a redis://, rediss:// or unix:// URL")
-    return text
-
-
 def _ws_url(text: str) -> str:
     """An argparse type: a ws:// or wss:// URL."""
     if not text.startswith(("ws://", "wss://")):
@@ -964,8 +957,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk through a session host and Redis, as a web worker does (needs [relay]; "
         "a throwaway redis-server on loopback unless --redis)",
     )
+    from .host import redis_url_argument  # imports no redis
+
     demo.add_argument(
-        "--redis", type=_redis_url, help="the Redis of --relay (default: a throwaway one)"
+        "--redis", type=redis_url_argument, help="the Redis of --relay (default: a throwaway one)"
     )
     demo.add_argument("--text", type=_text, default="Hello, avatar!", help="the text to send")
     demo.add_argument(

@@ -352,6 +352,7 @@ class _Lane:
     done: list[tuple[str, str, Any, Any, str]] = attrs.field(factory=list)
     # The texts sent whose reply has not come, oldest first, and how many are acked.
     asks: deque[_Slot] = attrs.field(factory=deque)
+    waiting: dict[str, _Slot] = attrs.field(factory=dict)  # asks by message id
     asks_acked: int = 0
     await_start: deque[tuple[str, float]] = attrs.field(factory=deque)
     sentences: dict[str | None, str] = attrs.field(factory=dict)
@@ -1312,14 +1313,16 @@ class SessionHost:
                 ask = body.get("ask")
                 window = self.reply_window if ask is None else float(ask)
                 with lane.lock:  # a reply cannot be filed before its text is
-                    lane.asks.append(_Slot(mid, time.monotonic() + window, ask is not None))
+                    slot = _Slot(mid, time.monotonic() + window, ask is not None)
+                    lane.asks.append(slot)
+                    lane.waiting[mid] = slot
                     while len(lane.asks) > MAX_WAITING_REPLIES:
                         _drop_slot(lane)
                     try:
                         with lane.ids.use(mid):
                             client.send_text(str(body.get("text", "")))
                     except BaseException:
-                        lane.asks.pop()
+                        lane.waiting.pop(lane.asks.pop().mid, None)
                         raise
                 lane.sent.add(mid)
                 lane.inflight.append((entry_id, mid, op))
@@ -1710,6 +1713,7 @@ class SessionHost:
 def _drop_slot(lane: _Lane) -> None:
     """Drop the oldest waiting text (the lane's lock held)."""
     slot = lane.asks.popleft()
+    lane.waiting.pop(slot.mid, None)
     if slot.acked:
         lane.asks_acked -= 1
 
@@ -1718,16 +1722,17 @@ def _text_acked(lane: _Lane, mid: str, *, refused: bool) -> None:
     """Text *mid* was acknowledged (the client's callback thread, in wire order with the
     messages) or refused (the lane thread: no reply will come).  Other ids are ignored."""
     with lane.lock:
-        for slot in lane.asks:
-            if slot.mid == mid:
-                if refused:
-                    lane.asks.remove(slot)
-                    if slot.acked:
-                        lane.asks_acked -= 1
-                elif not slot.acked:
-                    slot.acked = True
-                    lane.asks_acked += 1
-                break
+        slot = lane.waiting.get(mid)
+        if slot is None:
+            return
+        if refused:
+            del lane.waiting[mid]
+            lane.asks.remove(slot)
+            if slot.acked:
+                lane.asks_acked -= 1
+        elif not slot.acked:
+            slot.acked = True
+            lane.asks_acked += 1
 
 
 def _empty_inbox(client: AvatarIM | None, buffered: bool) -> None:
@@ -1907,8 +1912,8 @@ def _lease(text: str) -> float:
     return value
 
 
-def _redis_url(text: str) -> str:
-    """An argparse type: a Redis URL (checked as SessionHost checks it)."""
+def redis_url_argument(text: str) -> str:
+    """An argparse type: a Redis URL, checked as SessionHost checks it (``--redis``)."""
     try:
         return check_redis_url(text, "the URL")
     except AvatarIMError as exc:
@@ -1927,7 +1932,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ
     fixed = "not used on the cloud path"
     parser.add_argument(
-        "--redis", required=True, type=_redis_url, help="Redis URL (redis://host:6379/0)"
+        "--redis", required=True, type=redis_url_argument, help="Redis URL (redis://host:6379/0)"
     )
     parser.add_argument(
         "--url",

@@ -135,8 +135,8 @@ REDIS_TIMEOUT = 1.0
 STALL_SLACK = REDIS_TIMEOUT + 0.25
 #: The seconds a handle waits for a host's result beyond the command's own timeout.
 RESULT_SLACK = 5.0
-#: The family of the service's start result: wait_session_ready()'s, never receive()'s.
-START_RESULT = "start_result"
+#: What each part of an answer (the host's field ``p``) must be.
+_ANSWER_PARTS: dict[str, type[Message]] = {"r": Reply, "s": BroadcastStart, "x": BroadcastEnd}
 #: How many outcomes (acks) and answers a handle remembers.
 MEMORY = 4096
 #: How many buffered candidates one claim of :meth:`RelayClient.receive` offers Redis.
@@ -1261,7 +1261,7 @@ class RelayClient:
             asked = fields.get("a")
             if asked:
                 part = fields.get("p", "r")
-                wanted = {"r": Reply, "s": BroadcastStart, "x": BroadcastEnd}.get(part)
+                wanted = _ANSWER_PARTS.get(part)
                 if wanted is None or not isinstance(message, wanted):
                     raise TypeError(f"an answer part {part!r} that is a {message.family}")
                 answer = self._answers.get(asked)
@@ -1270,7 +1270,7 @@ class RelayClient:
                     _remember(self._answers, asked, answer)
                 answer[part] = envelope
                 return
-            if fields.get("f") == START_RESULT:
+            if isinstance(message, StartResult):
                 return  # wait_session_ready()'s (the host's start outcome), as locally
             place = stream_id(entry_id)
             if self._msg_mark is None or place <= self._msg_mark:
